@@ -1,0 +1,5 @@
+"""Faust agents, one module each, registered explicitly by the app factory."""
+
+from . import orders
+
+__all__ = ["orders"]

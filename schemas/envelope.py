@@ -1,0 +1,155 @@
+"""The event envelope: the contract with every producer (see DESIGN.md).
+
+JSON form::
+
+    {"id": "uuid", "name": "order.placed", "timestamp": "2026-11-27T15:00:00.000Z",
+     "version": "1.0.0", "source": "order-service", "correlationId": "uuid",
+     "causationId": null, "data": {...}}
+
+:func:`decode_envelope` turns bytes into an :class:`Envelope` or raises a
+:class:`~schemas.exceptions.EventError` naming the offending field.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from .exceptions import MISSING, DecodeError, ValidationError
+
+CONTENT_TYPE_JSON = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One domain event as it travels on a topic."""
+
+    id: str
+    """Unique id of this event (a uuid); the key of every deduplication."""
+    name: str
+    """Past-tense fact, ``<entity>.<action>``, e.g. ``order.placed``."""
+    timestamp: str
+    """When the fact happened, ISO-8601 UTC with milliseconds and ``Z``."""
+    version: str
+    """Semantic version of the payload schema, ``major.minor.patch``."""
+    source: str
+    """Name of the service that published the event."""
+    correlation_id: str | None
+    """Id shared by every event of one business flow (a request, a saga)."""
+    causation_id: str | None
+    """Id of the event or command that caused this one, if any."""
+    data: dict[str, Any] = field(default_factory=dict)
+    """The payload; its shape is given by ``name`` and ``version``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form, with the field names producers use."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "timestamp": self.timestamp,
+            "version": self.version,
+            "source": self.source,
+            "correlationId": self.correlation_id,
+            "causationId": self.causation_id,
+            "data": self.data,
+        }
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        """Kafka headers every producer sets (DESIGN.md, "Headers")."""
+        headers = [
+            ("event-id", self.id.encode()),
+            ("event-name", self.name.encode()),
+            ("event-version", self.version.encode()),
+            ("content-type", CONTENT_TYPE_JSON.encode()),
+        ]
+        if self.correlation_id:
+            headers.append(("correlation-id", self.correlation_id.encode()))
+        return headers
+
+
+def new_event(
+    name: str,
+    data: dict[str, Any],
+    *,
+    source: str = "eventide",
+    version: str = "1.0.0",
+    correlation_id: str | None = None,
+    causation_id: str | None = None,
+    timestamp: datetime | None = None,
+) -> Envelope:
+    """Build an envelope with a fresh id and the current UTC time."""
+    ts = (timestamp or datetime.now(UTC)).astimezone(UTC)
+    event_id = str(uuid.uuid4())
+    return Envelope(
+        id=event_id,
+        name=name,
+        timestamp=ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z",
+        version=version,
+        source=source,
+        correlation_id=correlation_id or event_id,
+        causation_id=causation_id,
+        data=data,
+    )
+
+
+def encode_envelope(event: Envelope) -> bytes:
+    """The JSON bytes of an envelope."""
+    return orjson.dumps(event.to_dict())
+
+
+def decode_envelope(raw: bytes | bytearray | memoryview | None) -> Envelope:
+    """Parse and check the JSON form of an envelope.
+
+    Raises :class:`DecodeError` for bytes that are not a JSON object and
+    :class:`ValidationError` for a missing or mistyped envelope field.
+    """
+    if raw is None:
+        raise DecodeError("empty record: the value is null (a tombstone), expected an envelope")
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"value is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ValidationError("$", "a JSON object (the envelope)", doc)
+    data = doc.get("data", MISSING)
+    if not isinstance(data, dict):
+        raise ValidationError("data", "an object", data)
+    return Envelope(
+        id=_required_str(doc, "id"),
+        name=_required_str(doc, "name"),
+        timestamp=_timestamp(doc),
+        version=_required_str(doc, "version"),
+        source=_required_str(doc, "source"),
+        correlation_id=_optional_str(doc, "correlationId"),
+        causation_id=_optional_str(doc, "causationId"),
+        data=data,
+    )
+
+
+def _required_str(doc: dict[str, Any], key: str) -> str:
+    value = doc.get(key, MISSING)
+    if not isinstance(value, str) or not value:
+        raise ValidationError(key, "a non-empty string", value)
+    return value
+
+
+def _optional_str(doc: dict[str, Any], key: str) -> str | None:
+    value = doc.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ValidationError(key, "a string or null", value)
+    return value
+
+
+def _timestamp(doc: dict[str, Any]) -> str:
+    value = _required_str(doc, "timestamp")
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        raise ValidationError(
+            "timestamp", "an ISO-8601 time such as 2026-11-27T15:00:00.000Z", value
+        ) from None
+    return value

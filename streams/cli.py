@@ -1,0 +1,152 @@
+"""The ``eventide`` command: the one entry point for every operation."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from .exceptions import EventideError
+from .settings import Settings
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+def _fail_cleanly(fun: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn Eventide's own errors into one clear line and exit status 2."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fun(*args, **kwargs)
+        except EventideError as exc:
+            click.echo(f"eventide: error: {exc}", err=True)
+            sys.exit(2)
+
+    wrapper.__name__ = fun.__name__
+    wrapper.__doc__ = fun.__doc__
+    return wrapper
+
+
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="[%(asctime)s] %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@click.group()
+def main() -> None:
+    """Eventide: event-driven stream processing on Kafka with Faust.
+
+    Configuration comes from EVENTIDE_* environment variables; see
+    `eventide settings` for the values in effect.
+    """
+
+
+@main.command()
+@_fail_cleanly
+def settings() -> None:
+    """Print the settings in effect (defaults overridden by EVENTIDE_*)."""
+    from dataclasses import fields
+
+    s = _settings()
+    for f in fields(s):
+        click.echo(f"EVENTIDE_{f.name.upper()}={getattr(s, f.name)}")
+
+
+@main.command()
+@_fail_cleanly
+def worker() -> None:
+    """Run a stream-processing worker (agents, tables, HTTP queries)."""
+    from .worker import run_worker
+
+    run_worker(_settings())
+
+
+@main.command()
+@click.option("--orders", default=200, show_default=True, help="Orders to place.")
+@click.option("--show", default=4, show_default=True, help="Read models to print.")
+@click.option("--seed", default=7, show_default=True, help="Random seed of the burst.")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the worker.")
+@_fail_cleanly
+def demo(orders: int, show: int, seed: int, timeout: float) -> None:
+    """Publish a realistic burst of orders and print read models fetched over HTTP."""
+    from .demo import run_demo
+
+    s = _settings()
+    _logging(s)
+    try:
+        run_demo(s, orders=orders, show=show, seed=seed, timeout=timeout, echo=click.echo)
+    except TimeoutError as exc:
+        click.echo(f"eventide demo: {exc}", err=True)
+        sys.exit(1)
+
+
+@main.group()
+def broker() -> None:
+    """Control the development Kafka broker (KRaft, from Maven Central jars)."""
+
+
+@broker.command("install")
+@_fail_cleanly
+def broker_install() -> None:
+    """Resolve the Kafka jars with Maven (done by `start` when needed)."""
+    from . import devbroker
+
+    click.echo(f"jars in {devbroker.install(click.echo)}")
+
+
+@broker.command("start")
+@_fail_cleanly
+def broker_start() -> None:
+    """Start the broker in the background; return once it answers."""
+    from . import devbroker
+
+    devbroker.start(_settings(), click.echo)
+
+
+@broker.command("stop")
+@_fail_cleanly
+def broker_stop() -> None:
+    """Stop the broker started by `eventide broker start`."""
+    from . import devbroker
+
+    devbroker.stop(_settings(), click.echo)
+
+
+@broker.command("status")
+@_fail_cleanly
+def broker_status() -> None:
+    """Say whether the dev broker runs and answers; exit 1 when it does not."""
+    from . import devbroker
+
+    s = _settings()
+    pid, answering = devbroker.status(s)
+    where = s.bootstrap_servers[0]
+    if answering:
+        click.echo(f"broker up on {where}" + (f" (pid {pid})" if pid else " (not ours)"))
+    else:
+        click.echo(f"broker down on {where}" + (f" (pid {pid} not answering)" if pid else ""))
+        sys.exit(1)
+
+
+@main.command("topics")
+@_fail_cleanly
+def topics() -> None:
+    """Create the catalogue's topics (workers and the demo do this too)."""
+    import asyncio
+
+    from .topics import ensure_topics
+
+    s = _settings()
+    created = asyncio.run(ensure_topics(s))
+    click.echo(f"created: {', '.join(created)}" if created else "all topics exist")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

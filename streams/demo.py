@@ -1,0 +1,173 @@
+"""``eventide demo``: a realistic burst of orders, then read models over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from schemas.envelope import Envelope, new_event
+
+from .produce import EventPublisher
+from .settings import Settings
+from .topics import ORDER_EVENTS, ensure_topics
+
+SKUS = [("sku-book", 12.5), ("sku-mug", 8.0), ("sku-lamp", 39.9), ("sku-tea", 4.25)]
+CARRIERS = ["DHL", "UPS", "PostNL", "GLS"]
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """The events of a demo burst and the status each order must end in."""
+
+    events: list[Envelope]
+    """Every event, in publication order (per order: placed first)."""
+    expected_status: dict[str, str]
+    """orderId → final status once every event is applied."""
+
+
+def _follow(flow: list[Envelope], name: str, data: dict[str, Any], source: str) -> None:
+    """Append the next event of an order's lifecycle, caused by the previous one."""
+    first = flow[0]
+    flow.append(
+        new_event(
+            name,
+            {"orderId": first.data["orderId"], **data},
+            source=source,
+            correlation_id=first.correlation_id,
+            causation_id=flow[-1].id,
+        )
+    )
+
+
+def plan_orders(count: int, customers: int, seed: int) -> DemoPlan:
+    """Order lifecycles: placed; most paid, many of those shipped; some cancelled."""
+    rng = random.Random(seed)
+    run = f"{seed:x}-{int(time.time())}"
+    lifecycles: list[list[Envelope]] = []
+    expected: dict[str, str] = {}
+    for n in range(count):
+        order_id = f"o-{run}-{n:05d}"
+        lines = [
+            (sku, rng.randint(1, 3), price) for sku, price in rng.sample(SKUS, rng.randint(1, 3))
+        ]
+        total = round(sum(qty * price for _, qty, price in lines), 2)
+        data = {
+            "orderId": order_id,
+            "customerId": f"c-{rng.randrange(customers):04d}",
+            "items": [{"sku": sku, "quantity": qty, "unitPrice": p} for sku, qty, p in lines],
+            "totalAmount": total,
+            "currency": "EUR",
+        }
+        flow = [new_event("order.placed", data, source="order-service")]
+        roll = rng.random()
+        if roll < 0.1:
+            _follow(
+                flow, "order.cancelled", {"reason": "customer changed their mind"}, "order-service"
+            )
+            expected[order_id] = "cancelled"
+        elif roll < 0.85:
+            payment = {"paymentId": f"p-{order_id}", "amount": total}
+            _follow(flow, "order.payment_confirmed", payment, "payment-service")
+            if rng.random() < 0.7:
+                shipment = {
+                    "trackingNumber": f"TRK{rng.randrange(10**9):09d}",
+                    "carrier": rng.choice(CARRIERS),
+                }
+                _follow(flow, "order.shipped", shipment, "shipping-service")
+                expected[order_id] = "shipped"
+            else:
+                expected[order_id] = "confirmed"
+        else:
+            expected[order_id] = "pending"
+        lifecycles.append(flow)
+    # Interleave orders as real traffic does, keeping each order's own sequence.
+    events: list[Envelope] = []
+    while lifecycles:
+        flow = lifecycles[rng.randrange(len(lifecycles))]
+        events.append(flow.pop(0))
+        if not flow:
+            lifecycles.remove(flow)
+    return DemoPlan(events=events, expected_status=expected)
+
+
+def fetch_json(url: str, timeout: float = 5.0) -> tuple[int, Any]:
+    """GET a JSON document; returns (status, body) and never raises on HTTP errors."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        try:
+            return exc.code, json.loads(body)
+        except ValueError:
+            return exc.code, body.decode(errors="replace")
+
+
+def wait_for_views(
+    base_url: str, expected: dict[str, str], timeout: float
+) -> dict[str, dict[str, Any]]:
+    """Poll ``GET /orders/{id}`` until each order shows its expected status."""
+    deadline = time.monotonic() + timeout
+    found: dict[str, dict[str, Any]] = {}
+    pending = dict(expected)
+    while pending and time.monotonic() < deadline:
+        for order_id, status in list(pending.items()):
+            try:
+                code, body = fetch_json(f"{base_url}/orders/{order_id}")
+            except OSError:
+                break  # the worker is not listening yet
+            if code == 200 and body.get("status") == status:
+                found[order_id] = body
+                del pending[order_id]
+        if pending:
+            time.sleep(0.5)
+    if pending:
+        sample = ", ".join(f"{k} (want {v})" for k, v in list(pending.items())[:5])
+        raise TimeoutError(
+            f"{len(pending)} read models not up to date after {timeout:.0f}s at {base_url}: "
+            f"{sample}. Is `eventide worker` running with the same settings?"
+        )
+    return found
+
+
+async def publish_plan(settings: Settings, plan: DemoPlan) -> int:
+    """Create the topics and publish the plan's events to ``order-events``."""
+    await ensure_topics(settings)
+    async with EventPublisher(settings) as publisher:
+        return await publisher.publish(settings.topic(ORDER_EVENTS.name), plan.events)
+
+
+def run_demo(
+    settings: Settings,
+    orders: int,
+    show: int,
+    seed: int,
+    timeout: float,
+    echo: Callable[[str], None] = print,
+) -> dict[str, dict[str, Any]]:
+    """Publish a burst of orders, then print ``show`` read models fetched over HTTP."""
+    plan = plan_orders(orders, customers=max(1, orders // 5), seed=seed)
+    started = time.monotonic()
+    sent = asyncio.run(publish_plan(settings, plan))
+    echo(
+        f"published {sent} events for {orders} orders to "
+        f"{settings.topic(ORDER_EVENTS.name)} in {time.monotonic() - started:.2f}s"
+    )
+    rng = random.Random(seed)
+    by_status: dict[str, list[str]] = {}
+    for order_id, status in plan.expected_status.items():
+        by_status.setdefault(status, []).append(order_id)
+    chosen = [rng.choice(ids) for ids in by_status.values()][:show]
+    chosen += rng.sample(sorted(plan.expected_status), min(show, orders))[: show - len(chosen)]
+    views = wait_for_views(settings.web_url, {o: plan.expected_status[o] for o in chosen}, timeout)
+    for order_id in chosen:
+        echo(f"GET {settings.web_url}/orders/{order_id}")
+        echo(json.dumps(views[order_id], indent=2))
+    return views

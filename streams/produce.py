@@ -1,0 +1,61 @@
+"""Publishing envelopes to Kafka: keyed, with the contract's headers, acks=all."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from types import TracebackType
+
+from aiokafka import AIOKafkaProducer
+
+from schemas.envelope import Envelope, encode_envelope
+
+from .settings import Settings
+
+KEY_FIELDS = {"order": "orderId", "user": "userId"}
+
+
+def key_of(event: Envelope) -> str:
+    """The Kafka key of an event: the id of the entity it is about (DESIGN.md)."""
+    entity = event.name.split(".", 1)[0]
+    field = KEY_FIELDS.get(entity, f"{entity}Id")
+    key = event.data.get(field)
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"{event.name} event {event.id} has no data.{field} to key it by")
+    return key
+
+
+class EventPublisher:
+    """An idempotent producer of envelopes; use as ``async with EventPublisher(...)``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=settings.bootstrap_servers,
+            client_id=f"{settings.app_id}-publisher",
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+        )
+
+    async def __aenter__(self) -> EventPublisher:
+        await self._producer.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._producer.stop()
+
+    async def publish(self, topic: str, events: Iterable[Envelope]) -> int:
+        """Send events keyed by entity id, in order per key; wait for all acks."""
+        futures = [
+            await self._producer.send(
+                topic, encode_envelope(e), key=key_of(e).encode(), headers=e.headers()
+            )
+            for e in events
+        ]
+        for fut in futures:
+            await fut
+        return len(futures)

@@ -1,0 +1,196 @@
+"""Settings: one frozen object, read from the environment in exactly one place.
+
+Every variable is prefixed ``EVENTIDE_``.  :meth:`Settings.from_env` is the only
+code that reads the environment; everything else receives a ``Settings``.  A
+value that cannot be used fails at start-up with a :class:`SettingsError` that
+names the variable, the value found and what is expected.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from .exceptions import SettingsError
+
+PREFIX = "EVENTIDE_"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime configuration of a worker, the demo and the dev broker."""
+
+    broker_url: str = "kafka://127.0.0.1:9092"
+    """EVENTIDE_BROKER_URL: Kafka bootstrap servers, ``kafka://host:port[;host:port]``."""
+
+    app_id: str = "eventide"
+    """EVENTIDE_APP_ID: consumer group id and prefix of changelog topics."""
+
+    topic_prefix: str = ""
+    """EVENTIDE_TOPIC_PREFIX: prepended to every topic name (tests use a uuid)."""
+
+    partitions: int = 8
+    """EVENTIDE_PARTITIONS: partitions of every topic Eventide creates."""
+
+    replication_factor: int = 1
+    """EVENTIDE_REPLICATION_FACTOR: replicas of every topic Eventide creates."""
+
+    data_dir: Path = Path(".eventide/data")
+    """EVENTIDE_DATA_DIR: where the worker keeps its RocksDB tables."""
+
+    state_dir: Path = Path(".eventide")
+    """EVENTIDE_STATE_DIR: pid files, logs and the dev broker's storage."""
+
+    web_host: str = "127.0.0.1"
+    """EVENTIDE_WEB_HOST: address the worker's HTTP server binds and advertises."""
+
+    web_port: int = 6066
+    """EVENTIDE_WEB_PORT: port of the worker's HTTP server (queries, health)."""
+
+    log_level: str = "info"
+    """EVENTIDE_LOG_LEVEL: debug, info, warning, error or critical."""
+
+    broker_heap: str = "1g"
+    """EVENTIDE_BROKER_HEAP: maximum Java heap of the development broker (-Xmx)."""
+
+    broker_start_timeout: float = 60.0
+    """EVENTIDE_BROKER_START_TIMEOUT: seconds to wait for the dev broker to answer."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``EVENTIDE_*`` variables, defaults for the rest."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            var = PREFIX + f.name.upper()
+            if var in env:
+                values[f.name] = _PARSERS[f.name](var, env[var])
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Check cross-field rules; raise :class:`SettingsError` naming the variable."""
+        self.bootstrap_servers  # parses the URL  # noqa: B018
+        if not self.app_id.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise SettingsError(
+                f"EVENTIDE_APP_ID={self.app_id!r}: use letters, digits, '.', '_' and '-' only"
+            )
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        """``host:port`` strings for Kafka clients, parsed from :attr:`broker_url`."""
+        return parse_broker_url(self.broker_url)
+
+    @property
+    def broker_port(self) -> int:
+        """Port of the first bootstrap server: the dev broker listens there."""
+        return int(self.bootstrap_servers[0].rsplit(":", 1)[1])
+
+    @property
+    def web_url(self) -> str:
+        """Base URL of this worker's HTTP server."""
+        return f"http://{self.web_host}:{self.web_port}"
+
+    def topic(self, name: str) -> str:
+        """The full name of a catalogue topic, with the configured prefix."""
+        return f"{self.topic_prefix}{name}"
+
+
+def parse_broker_url(url: str) -> list[str]:
+    """Parse ``kafka://h1:p1;h2:p2`` (or a bare ``h:p,h:p``) into ``['h1:p1', ...]``."""
+    raw = url.strip()
+    if "://" in raw:
+        scheme = urlsplit(raw).scheme
+        if scheme != "kafka":
+            raise SettingsError(
+                f"EVENTIDE_BROKER_URL={url!r}: scheme must be kafka://, got {scheme}://"
+            )
+        raw = raw.split("://", 1)[1]
+    servers = [s.strip().rstrip("/") for s in raw.replace(";", ",").split(",") if s.strip()]
+    if not servers:
+        raise SettingsError(f"EVENTIDE_BROKER_URL={url!r}: no host:port given")
+    for server in servers:
+        host, sep, port = server.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise SettingsError(
+                f"EVENTIDE_BROKER_URL={url!r}: {server!r} is not host:port "
+                "(example: kafka://127.0.0.1:9092)"
+            )
+    return servers
+
+
+def _str(var: str, value: str) -> str:
+    if not value.strip():
+        raise SettingsError(f"{var} is set but empty; unset it to use the default")
+    return value.strip()
+
+
+def _prefix(var: str, value: str) -> str:
+    return value.strip()
+
+
+def _int(low: int, high: int) -> Callable[[str, str], int]:
+    def parse(var: str, value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise SettingsError(f"{var}={value!r}: expected an integer") from None
+        if not low <= number <= high:
+            raise SettingsError(f"{var}={number}: expected {low}..{high}")
+        return number
+
+    return parse
+
+
+def _float(low: float, high: float) -> Callable[[str, str], float]:
+    def parse(var: str, value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise SettingsError(f"{var}={value!r}: expected a number of seconds") from None
+        if not low <= number <= high:
+            raise SettingsError(f"{var}={number}: expected {low}..{high}")
+        return number
+
+    return parse
+
+
+def _path(var: str, value: str) -> Path:
+    return Path(_str(var, value))
+
+
+def _log_level(var: str, value: str) -> str:
+    level = value.strip().lower()
+    if level not in LOG_LEVELS:
+        raise SettingsError(f"{var}={value!r}: expected one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+def _heap(var: str, value: str) -> str:
+    v = value.strip().lower()
+    if not (v[:-1].isdigit() and v[-1] in "mg"):
+        raise SettingsError(f"{var}={value!r}: expected a Java heap size such as 512m or 1g")
+    return v
+
+
+_PARSERS: dict[str, Callable[[str, str], Any]] = {
+    "broker_url": _str,
+    "app_id": _str,
+    "topic_prefix": _prefix,
+    "partitions": _int(1, 1024),
+    "replication_factor": _int(1, 16),
+    "data_dir": _path,
+    "state_dir": _path,
+    "web_host": _str,
+    "web_port": _int(1, 65535),
+    "log_level": _log_level,
+    "broker_heap": _heap,
+    "broker_start_timeout": _float(1, 600),
+}

@@ -1,0 +1,79 @@
+"""The topic catalogue and its creation on the broker.
+
+Source topics are created explicitly, with the configured partition count,
+before a worker or producer uses them: the dev broker runs with topic
+auto-creation off, so a typo in a topic name fails loudly instead of creating
+a stray topic with the broker's defaults.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from .exceptions import TopicConfigError
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic of the catalogue."""
+
+    name: str
+    """Name without the configured prefix."""
+    key: str
+    """What the Kafka key is (documentation and error messages)."""
+    description: str
+    """What flows on the topic."""
+
+
+USER_EVENTS = TopicSpec("user-events", "userId", "user.* events")
+ORDER_EVENTS = TopicSpec("order-events", "orderId", "order.* events")
+
+CATALOGUE: tuple[TopicSpec, ...] = (USER_EVENTS, ORDER_EVENTS)
+
+
+async def ensure_topics(settings: Settings, specs: tuple[TopicSpec, ...] = CATALOGUE) -> list[str]:
+    """Create the catalogue's topics that are missing; check the others.
+
+    Returns the names created. Raises :class:`TopicConfigError` when a topic
+    exists with another partition count than ``settings.partitions``: tables
+    are co-partitioned with their source topics, so that would misroute keys.
+    """
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers, client_id=f"{settings.app_id}-admin"
+    )
+    await admin.start()
+    try:
+        names = [settings.topic(spec.name) for spec in specs]
+        existing = set(await admin.list_topics())
+        missing = [n for n in names if n not in existing]
+        if missing:
+            response = await admin.create_topics(
+                [NewTopic(n, settings.partitions, settings.replication_factor) for n in missing]
+            )
+            for name, code, message in (e[:3] for e in response.topic_errors):
+                # 36: created meanwhile by another process, which is fine.
+                if code not in (0, TopicAlreadyExistsError.errno):
+                    raise TopicConfigError(
+                        f"could not create topic {name!r}: {message} (code {code})"
+                    )
+            logger.info("created topics %s with %d partitions", missing, settings.partitions)
+        present = [n for n in names if n in existing]
+        if present:
+            for meta in await admin.describe_topics(present):
+                count = len(meta["partitions"])
+                if count != settings.partitions:
+                    raise TopicConfigError(
+                        f"topic {meta['topic']!r} has {count} partitions but "
+                        f"EVENTIDE_PARTITIONS={settings.partitions}; set EVENTIDE_PARTITIONS="
+                        f"{count} or recreate the topic"
+                    )
+        return missing
+    finally:
+        await admin.close()

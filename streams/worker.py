@@ -1,0 +1,27 @@
+"""``eventide worker``: create the topics, then run the Faust worker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from faust.worker import Worker
+
+from .app import create_app
+from .settings import Settings
+from .topics import ensure_topics
+
+logger = logging.getLogger(__name__)
+
+
+def run_worker(settings: Settings) -> None:
+    """Run a worker in the foreground until SIGINT/SIGTERM."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # One loop for the topic set-up and the worker: Faust's Worker runs on the
+    # loop that is current when it starts.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(ensure_topics(settings))
+    eventide = create_app(settings)
+    worker = Worker(eventide.app, loglevel=settings.log_level, quiet=True, loop=loop)
+    worker.execute_from_commandline()
