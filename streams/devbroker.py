@@ -42,6 +42,9 @@ POM = KAFKA_DIR / "pom.xml"
 LIBS = KAFKA_DIR / "target" / "libs"
 LOG4J = KAFKA_DIR / "log4j2.properties"
 
+# Brokers started by this process, kept so they are reaped when stopped here.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
 
 @dataclass(frozen=True)
 class BrokerPaths:
@@ -248,9 +251,11 @@ def start(settings: Settings, echo: Callable[[str], None] = print) -> int:
             start_new_session=True,  # survives the CLI; stopped by `eventide broker stop`
         )
     paths.pid.write_text(str(proc.pid))
+    _children[proc.pid] = proc
     deadline = started + settings.broker_start_timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
+            _children.pop(proc.pid, None)
             paths.pid.unlink(missing_ok=True)
             raise BrokerError(
                 f"the broker exited with code {proc.returncode} during start-up; "
@@ -277,14 +282,21 @@ def _terminate(pid: int, grace: float) -> bool:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return True
+    child = _children.pop(pid, None)
+    if child is not None:  # our own child: wait() also reaps it
+        try:
+            child.wait(grace)
+            return True
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+            return False
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
             return True
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
         time.sleep(0.2)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)

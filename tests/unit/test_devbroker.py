@@ -1,0 +1,31 @@
+import os
+
+from streams import devbroker
+from streams.settings import Settings
+
+
+def test_server_properties_for_the_configured_port(tmp_path):
+    settings = Settings.from_env(
+        {"EVENTIDE_BROKER_URL": "kafka://127.0.0.1:19500", "EVENTIDE_STATE_DIR": str(tmp_path)}
+    )
+    paths = devbroker.paths_for(settings)
+    assert paths.home == tmp_path.resolve() / "kafka-19500"
+    props = dict(
+        line.split("=", 1)
+        for line in devbroker.server_properties(settings, paths).splitlines()
+        if line and not line.startswith("#")
+    )
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:19500,CONTROLLER://127.0.0.1:19501"
+    assert props["controller.quorum.voters"] == "1@127.0.0.1:19501"
+    assert props["process.roles"] == "broker,controller"
+    assert props["log.dirs"] == str(paths.data)
+    assert props["auto.create.topics.enable"] == "false"
+
+
+def test_a_stale_pid_file_is_not_a_running_broker(tmp_path):
+    paths = devbroker.BrokerPaths(tmp_path)
+    tmp_path.mkdir(exist_ok=True)
+    paths.pid.write_text(str(os.getpid()))  # alive, but this test process is not Kafka
+    assert devbroker.running_pid(paths) is None
+    paths.pid.write_text("999999999")
+    assert devbroker.running_pid(paths) is None

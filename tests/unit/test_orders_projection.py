@@ -1,0 +1,110 @@
+import pytest
+
+from agents.orders import apply_record
+from schemas import ValidationError, encode_envelope, new_event
+from tables.orders import OrderView, apply_order_event
+
+
+def placed(order_id="o-1", **extra):
+    data = {
+        "orderId": order_id,
+        "customerId": "c-9",
+        "items": [{"sku": "sku-mug", "quantity": 2, "unitPrice": 8.0}],
+        "totalAmount": 16.0,
+        "currency": "EUR",
+        **extra,
+    }
+    return new_event("order.placed", data, source="order-service")
+
+
+def follow(name, order_id="o-1", **data):
+    return new_event(name, {"orderId": order_id, **data})
+
+
+def replay(events, view=None):
+    for event in events:
+        view = apply_order_event(view, event) or view
+    return view
+
+
+def test_full_lifecycle():
+    p = placed()
+    pay = follow("order.payment_confirmed", paymentId="p-1", amount=16.0)
+    ship = follow("order.shipped", trackingNumber="TRK1", carrier="DHL")
+    view = apply_order_event(None, p)
+    assert view.status == "pending"
+    assert (view.customerId, view.totalAmount, view.placedAt) == ("c-9", 16.0, p.timestamp)
+    view = apply_order_event(view, pay)
+    assert (view.status, view.paymentId, view.paidAmount) == ("confirmed", "p-1", 16.0)
+    view = apply_order_event(view, ship)
+    assert (view.status, view.trackingNumber, view.carrier) == ("shipped", "TRK1", "DHL")
+    assert view.items == [{"sku": "sku-mug", "quantity": 2, "unitPrice": 8.0}]
+    assert (view.lastEventId, view.lastEventName, view.eventCount) == (
+        ship.id,
+        "order.shipped",
+        3,
+    )
+
+
+def test_cancellation():
+    view = replay([placed(), follow("order.cancelled", reason="too slow")])
+    assert (view.status, view.cancelReason) == ("cancelled", "too slow")
+    assert view.cancelledAt is not None
+
+
+def test_redelivery_of_last_event_changes_nothing():
+    p = placed()
+    view = apply_order_event(None, p)
+    assert apply_order_event(view, p) is None
+
+
+def test_event_before_placed_creates_partial_view_and_placed_fills_it_in():
+    ship = follow("order.shipped", trackingNumber="TRK1")
+    view = apply_order_event(None, ship)
+    assert (view.status, view.customerId, view.items, view.totalAmount) == (
+        "shipped",
+        None,
+        [],
+        None,
+    )
+    view = apply_order_event(view, placed())
+    assert view.status == "shipped"  # placed late does not move the status back
+    assert (view.customerId, view.totalAmount, view.eventCount) == ("c-9", 16.0, 2)
+
+
+@pytest.mark.parametrize(
+    ("event", "message"),
+    [
+        (placed(customerId=None), "data.customerId: expected a non-empty string, got None"),
+        (placed(totalAmount="42"), 'data.totalAmount: expected a number, got "42"'),
+        (placed(totalAmount=True), "data.totalAmount: expected a number, got True"),
+        (placed(items=[{"sku": "a"}, 3]), "data.items[1]: expected an object, got 3"),
+        (follow("order.shipped"), "data.trackingNumber: expected a non-empty string, got nothing"),
+        (new_event("order.shipped", {"trackingNumber": "T"}), "data.orderId: expected"),
+        (follow("order.teleported"), "name: expected one of order.cancelled, order.payment"),
+    ],
+)
+def test_bad_data_names_the_field(event, message):
+    with pytest.raises(ValidationError) as info:
+        apply_order_event(None, event)
+    assert message in str(info.value)
+
+
+def test_view_round_trips_through_its_stored_form():
+    view = replay([placed(), follow("order.payment_confirmed", paymentId="p", amount=1)])
+    assert OrderView.from_dict(view.to_dict()) == view
+
+
+def test_apply_record_writes_the_table():
+    table: dict = {}
+    event = placed()
+    apply_record(table, b"o-1", encode_envelope(event))
+    assert table["o-1"]["status"] == "pending"
+    assert table["o-1"]["lastEventId"] == event.id
+
+
+def test_apply_record_refuses_an_event_under_another_key():
+    table: dict = {}
+    with pytest.raises(ValidationError, match='key: expected the order id "o-1"'):
+        apply_record(table, b"o-2", encode_envelope(placed()))
+    assert table == {}
