@@ -167,7 +167,14 @@ def run_demo(
     chosen = [rng.choice(ids) for ids in by_status.values()][:show]
     chosen += rng.sample(sorted(plan.expected_status), min(show, orders))[: show - len(chosen)]
     views = wait_for_views(settings.web_url, {o: plan.expected_status[o] for o in chosen}, timeout)
+    first = chosen[0]
+    echo(f"\nGET {settings.web_url}/orders/{first}")
+    echo(json.dumps(views[first], indent=2))
+    echo(f"\n{'orderId':<24} {'status':<10} {'customer':<9} {'total':>8}  trackingNumber")
     for order_id in chosen:
-        echo(f"GET {settings.web_url}/orders/{order_id}")
-        echo(json.dumps(views[order_id], indent=2))
+        v = views[order_id]
+        echo(
+            f"{order_id:<24} {v['status']:<10} {v['customerId'] or '-':<9} "
+            f"{v['totalAmount'] or 0:>8.2f}  {v['trackingNumber'] or '-'}"
+        )
     return views

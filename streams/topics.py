@@ -12,9 +12,9 @@ import logging
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
-from .exceptions import TopicConfigError
+from .exceptions import BrokerError, TopicConfigError
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,13 @@ async def ensure_topics(settings: Settings, specs: tuple[TopicSpec, ...] = CATAL
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.bootstrap_servers, client_id=f"{settings.app_id}-admin"
     )
-    await admin.start()
+    try:
+        await admin.start()
+    except KafkaConnectionError as exc:
+        raise BrokerError(
+            f"cannot reach Kafka at {settings.broker_url} (EVENTIDE_BROKER_URL): {exc}; "
+            "is the broker running? `eventide broker start` starts the dev broker"
+        ) from exc
     try:
         names = [settings.topic(spec.name) for spec in specs]
         existing = set(await admin.list_topics())
