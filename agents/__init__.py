@@ -1,5 +1,6 @@
-"""Faust agents, one module each, registered explicitly by the app factory."""
+"""Projections and agents, one module each, registered explicitly by the app factory."""
 
-from . import orders
+from .customers import CustomersProjection
+from .orders import OrdersProjection
 
-__all__ = ["orders"]
+__all__ = ["CustomersProjection", "OrdersProjection"]

@@ -22,8 +22,8 @@ class EventideApp:
     """The Faust application (worker, web server, tables)."""
     settings: Settings
     """The settings it was built from."""
-    orders: Any
-    """The ``orders`` table (orderId → order read model)."""
+    engine: Any
+    """The batch projection engine (owns the read-model stores)."""
 
 
 def faust_options(settings: Settings) -> dict[str, Any]:
@@ -49,12 +49,20 @@ def faust_options(settings: Settings) -> dict[str, Any]:
 
 def create_app(settings: Settings) -> EventideApp:
     """Build the Faust app with every agent, table and view registered."""
-    from agents import orders as orders_agent
-    from tables.orders import define_orders_table
+    from agents import CustomersProjection, OrdersProjection
     from tables.views import register_views
 
+    from .engine import ProjectionEngine
+
     app = faust.App(settings.app_id, **faust_options(settings))
-    orders = define_orders_table(app, settings.partitions)
-    orders_agent.register(app, settings, orders)
-    register_views(app, orders)
-    return EventideApp(app=app, settings=settings, orders=orders)
+    engine = ProjectionEngine(
+        settings, [OrdersProjection(settings), CustomersProjection(settings)], loop=app.loop
+    )
+
+    @app.task
+    async def start_projections() -> None:
+        # Started and stopped with the app, after its web server is up.
+        await app.add_runtime_dependency(engine)
+
+    register_views(app, engine)
+    return EventideApp(app=app, settings=settings, engine=engine)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -20,6 +20,28 @@ from .exceptions import SettingsError
 PREFIX = "EVENTIDE_"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SecretUrl:
+    """A URL that may hold a password: printed with the password masked."""
+
+    value: str
+    """The URL as configured; read it with :meth:`reveal`."""
+
+    def reveal(self) -> str:
+        """The URL with its password, for the database driver only."""
+        return self.value
+
+    def __str__(self) -> str:
+        parts = urlsplit(self.value)
+        if parts.password is None:
+            return self.value
+        masked = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return parts._replace(netloc=masked).geturl()
+
+    def __repr__(self) -> str:
+        return f"SecretUrl({str(self)!r})"
 
 
 @dataclass(frozen=True)
@@ -62,6 +84,37 @@ class Settings:
     broker_start_timeout: float = 60.0
     """EVENTIDE_BROKER_START_TIMEOUT: seconds to wait for the dev broker to answer."""
 
+    batch_max_records: int = 10_000
+    """EVENTIDE_BATCH_MAX_RECORDS: most records a projection batch takes at once."""
+
+    batch_max_wait_ms: int = 100
+    """EVENTIDE_BATCH_MAX_WAIT_MS: longest wait for records before a batch is cut."""
+
+    database_url: SecretUrl = field(default_factory=lambda: SecretUrl(""))
+    """EVENTIDE_DATABASE_URL: the command API's database (domain rows + outbox).
+    Empty: SQLite in ``<state_dir>/outbox.sqlite3``; ``sqlite:///path`` or
+    ``postgresql://user:password@host:port/db``. Its password is never printed."""
+
+    api_host: str = "127.0.0.1"
+    """EVENTIDE_API_HOST: address the command API (``eventide api``) binds."""
+
+    api_port: int = 6080
+    """EVENTIDE_API_PORT: port of the command API."""
+
+    api_relay: bool = True
+    """EVENTIDE_API_RELAY: run the outbox relay inside the API process (else run
+    ``eventide relay`` separately)."""
+
+    relay_batch_size: int = 500
+    """EVENTIDE_RELAY_BATCH_SIZE: outbox rows the relay publishes per batch."""
+
+    relay_poll_interval: float = 0.05
+    """EVENTIDE_RELAY_POLL_INTERVAL: seconds between outbox polls when idle."""
+
+    outbox_retention: float = 86400.0
+    """EVENTIDE_OUTBOX_RETENTION: seconds published outbox rows and idempotency keys
+    are kept before the relay deletes them."""
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``EVENTIDE_*`` variables, defaults for the rest."""
@@ -92,6 +145,11 @@ class Settings:
     def broker_port(self) -> int:
         """Port of the first bootstrap server: the dev broker listens there."""
         return int(self.bootstrap_servers[0].rsplit(":", 1)[1])
+
+    @property
+    def projection_group(self) -> str:
+        """Consumer group of the batch projection engine."""
+        return f"{self.app_id}-projections"
 
     @property
     def web_url(self) -> str:
@@ -173,6 +231,27 @@ def _log_level(var: str, value: str) -> str:
     return level
 
 
+def _bool(var: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{var}={value!r}: expected true or false")
+
+
+def _database_url(var: str, value: str) -> SecretUrl:
+    url = value.strip()
+    scheme = urlsplit(url).scheme if "://" in url else ""
+    if url and scheme not in ("sqlite", "postgresql", "postgres"):
+        shown = SecretUrl(url)
+        raise SettingsError(
+            f"{var}={str(shown)!r}: expected sqlite:///path or postgresql://user@host:port/db "
+            "(or unset it for SQLite under EVENTIDE_STATE_DIR)"
+        )
+    return SecretUrl(url)
+
+
 def _heap(var: str, value: str) -> str:
     v = value.strip().lower()
     if not (v[:-1].isdigit() and v[-1] in "mg"):
@@ -193,4 +272,13 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "log_level": _log_level,
     "broker_heap": _heap,
     "broker_start_timeout": _float(1, 600),
+    "batch_max_records": _int(1, 1_000_000),
+    "batch_max_wait_ms": _int(0, 60_000),
+    "database_url": _database_url,
+    "api_host": _str,
+    "api_port": _int(1, 65535),
+    "api_relay": _bool,
+    "relay_batch_size": _int(1, 100_000),
+    "relay_poll_interval": _float(0.001, 60),
+    "outbox_retention": _float(0, 365 * 86400),
 }

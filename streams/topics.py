@@ -35,7 +35,14 @@ class TopicSpec:
 USER_EVENTS = TopicSpec("user-events", "userId", "user.* events")
 ORDER_EVENTS = TopicSpec("order-events", "orderId", "order.* events")
 
-CATALOGUE: tuple[TopicSpec, ...] = (USER_EVENTS, ORDER_EVENTS)
+CUSTOMER_FACTS = TopicSpec(
+    "customer-facts",
+    "customerId",
+    "repartition: per-order facts for the customers read model, co-partitioned with user-events",
+)
+ORDER_VIEWS = TopicSpec("order-views", "orderId", "every change of the orders read model")
+
+CATALOGUE: tuple[TopicSpec, ...] = (USER_EVENTS, ORDER_EVENTS, CUSTOMER_FACTS, ORDER_VIEWS)
 
 
 async def ensure_topics(settings: Settings, specs: tuple[TopicSpec, ...] = CATALOGUE) -> list[str]:

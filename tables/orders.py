@@ -7,8 +7,8 @@ Rules (deterministic, independent of timing):
 
 - ``order.placed`` → ``pending``; ``order.payment_confirmed`` → ``confirmed``;
   ``order.shipped`` → ``shipped``; ``order.cancelled`` → ``cancelled``.
-- An event whose id equals the last applied event id is a redelivery and
-  changes nothing.
+- An event whose id is among the order's last 16 applied event ids is a
+  duplicate (a redelivery, a producer retry) and changes nothing.
 - An event for an order that was never placed (``order.shipped`` first)
   creates a partial view with the status that event implies and no customer,
   items or totals. A later ``order.placed`` fills those in without moving the
@@ -32,6 +32,8 @@ STATUS_BY_EVENT = {
     "order.cancelled": "cancelled",
 }
 ORDER_EVENTS = frozenset(STATUS_BY_EVENT)
+RECENT_IDS = 16
+"""Event ids remembered per order for deduplication (an order has a handful of events)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +73,9 @@ class OrderView:
     updatedAt: str | None = None
     """Timestamp of the last applied event."""
     lastEventId: str | None = None
-    """Id of the last applied event (redeliveries of it are ignored)."""
+    """Id of the last applied event."""
+    recentEventIds: list[str] = field(default_factory=list)
+    """Ids of the last RECENT_IDS applied events: redeliveries of them are ignored."""
     lastEventName: str | None = None
     """Name of the last applied event."""
     eventCount: int = 0
@@ -91,12 +95,12 @@ def apply_order_event(view: OrderView | None, event: Envelope) -> OrderView | No
     """Apply one order event to the current view.
 
     Returns the new view, or ``None`` when the event changes nothing (a
-    redelivery of the last applied event). Raises :class:`ValidationError`
+    duplicate of a recently applied event). Raises :class:`ValidationError`
     when the event's data lacks a field its name requires.
     """
     if event.name not in STATUS_BY_EVENT:
         raise ValidationError("name", f"one of {', '.join(sorted(ORDER_EVENTS))}", event.name)
-    if view is not None and view.lastEventId == event.id:
+    if view is not None and event.id in view.recentEventIds:
         return None
     data = event.data
     order_id = _str(data, "orderId")
@@ -138,6 +142,7 @@ def apply_order_event(view: OrderView | None, event: Envelope) -> OrderView | No
         **changes,
         updatedAt=event.timestamp,
         lastEventId=event.id,
+        recentEventIds=[*view.recentEventIds[-(RECENT_IDS - 1) :], event.id],
         lastEventName=event.name,
         eventCount=view.eventCount + 1,
     )
@@ -172,20 +177,3 @@ def _list(data: dict[str, Any], key: str) -> list[dict[str, Any]]:
         if not isinstance(item, dict):
             raise ValidationError(f"data.{key}[{i}]", "an object", item)
     return value
-
-
-def define_orders_table(app: Any, partitions: int) -> Any:
-    """Declare the ``orders`` table on a Faust app: RocksDB, changelog-backed.
-
-    Keys are order ids, serialized by the app's ``raw`` key serializer to the
-    UTF-8 bytes producers use as the Kafka key, so the table is co-partitioned
-    with ``order-events``; values are the JSON form of :class:`OrderView`
-    (the app's ``json`` value serializer).
-    """
-    return app.Table(
-        TABLE_NAME,
-        default=None,
-        key_type=str,
-        partitions=partitions,
-        help="orderId -> order read model (status, customer, items, totals, timestamps)",
-    )

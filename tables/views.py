@@ -1,43 +1,65 @@
 """HTTP query views of the read models, served by every worker.
 
-A request for a key whose partition another worker owns is proxied to that
-worker by Faust's table router; a request that arrives while partitions are
-being assigned gets 503 and can be retried.
+``GET /orders/{orderId}`` and ``GET /customers/{customerId}`` answer from the
+local store when this worker owns the key's partition; otherwise the request
+is proxied to the owner named in the group's assignment. While partitions are
+being (re)assigned the answer is 503 with a JSON body; retry it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faust
 from faust.web import Request, Response, View
 
-from .orders import OrderView
+if TYPE_CHECKING:
+    from streams.engine import ProjectionEngine
+
+FORWARDED = "X-Eventide-Forwarded"
 
 
-def register_views(app: faust.App, orders: Any) -> None:
-    """Add ``GET /orders/{orderId}`` and ``GET /health`` to the app's web server."""
+def register_views(app: faust.App, engine: ProjectionEngine) -> None:
+    """Add the query views and ``GET /health`` to the app's web server."""
+
+    async def query(view: View, request: Request, table: str, id_field: str, key: str) -> Response:
+        where, found = engine.lookup(table, key)
+        if where == "local":
+            if found is None:
+                return view.json({"error": f"{id_field[:-2]} not found", id_field: key}, status=404)
+            return view.json(found)
+        if where == "remote" and FORWARDED not in request.headers:
+            return await _proxy(app, view, request, found)
+        return view.json(
+            {"error": "partition is being assigned, retry shortly", id_field: key}, status=503
+        )
 
     @app.page("/orders/{order_id}")
     class OrderQuery(View):
-        @app.table_route(table=orders, match_info="order_id")  # type: ignore[arg-type]
         async def get(self, request: Request, order_id: str) -> Response:
-            doc = orders.get(order_id)
-            if doc is None:
-                return self.json({"error": "order not found", "orderId": order_id}, status=404)
-            return self.json(OrderView.from_dict(doc).to_dict())
+            return await query(self, request, "orders", "orderId", order_id)
+
+    @app.page("/customers/{customer_id}")
+    class CustomerQuery(View):
+        async def get(self, request: Request, customer_id: str) -> Response:
+            return await query(self, request, "customers", "customerId", customer_id)
 
     @app.page("/health")
     class Health(View):
         async def get(self, request: Request) -> Response:
-            recovered = app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]
-            ready = recovered and not app.rebalancing and not app.in_recovery
             body = {
-                "status": "ready" if ready else "starting",
-                "recovered": recovered,
-                "rebalancing": bool(app.rebalancing),
-                "assignment": sorted(
-                    f"{tp.topic}[{tp.partition}]" for tp in app.assignor.assigned_actives()
-                ),
+                "status": "ready" if engine.ready else "starting",
+                "partitions": sorted(f"{t}[{p}]" for t, p in engine.stores),
+                "eventsProcessed": engine.events_processed,
             }
-            return self.json(body, status=200 if ready else 503)
+            return self.json(body, status=200 if engine.ready else 503)
+
+
+async def _proxy(app: faust.App, view: View, request: Request, owner: Any) -> Response:
+    url = f"{owner}{request.url.path}"
+    async with app.http_client.get(url, headers={FORWARDED: "1"}) as response:
+        return view.bytes(
+            await response.read(),
+            content_type=response.content_type,
+            status=response.status,
+        )

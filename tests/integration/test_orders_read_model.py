@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import time
 from typing import Any
@@ -68,7 +69,7 @@ async def _send_raw(settings: Settings, records: list[tuple[bytes | None, bytes 
     try:
         topic = settings.topic(ORDER_EVENTS.name)
         return [
-            await producer.send_and_wait(topic, value, key=key, partition=0)
+            await producer.send_and_wait(topic, value, key=key)
             for key, value in records
         ]
     finally:
@@ -109,7 +110,7 @@ def test_bad_records_are_logged_with_offset_and_skipped(make_settings, worker_fa
         (sent[2], "DecodeError: empty record"),
         (sent[4], 'ValidationError: key: expected the order id "o-2"'),
     ]:
-        assert f"skipped bad record {topic}[0]@{meta.offset}: {reason}" in log
+        assert f"skipped bad record {topic}[{meta.partition}]@{meta.offset}: {reason}" in log
     assert fetch_json(f"{settings.web_url}/orders/o-2")[0] == 404
     assert worker.proc is not None and worker.proc.poll() is None  # still running
 
@@ -118,7 +119,7 @@ async def _committed_and_end_offsets(settings: Settings) -> tuple[dict, dict]:
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     await admin.start()
     try:
-        committed = await admin.list_consumer_group_offsets(settings.app_id)
+        committed = await admin.list_consumer_group_offsets(settings.projection_group)
     finally:
         await admin.close()
     topic = settings.topic(ORDER_EVENTS.name)
@@ -158,4 +159,4 @@ def test_table_survives_restart_and_loss_of_local_rocksdb(make_settings, worker_
     shutil.rmtree(settings.data_dir)
     third = worker_factory(settings).start()
     assert poll_views(settings, expected, timeout=20) == {}
-    assert "Restore complete" in third.output()
+    assert re.search(r"restored \S+-orders-changelog\[\d+\]: [1-9]\d* records", third.output())

@@ -1,6 +1,12 @@
+import orjson
 import pytest
 
-from agents.orders import apply_record
+from types import SimpleNamespace
+
+from agents.orders import OrdersProjection
+from streams.engine import BatchContext
+from streams.settings import Settings
+from tables.store import PartitionStore
 from schemas import ValidationError, encode_envelope, new_event
 from tables.orders import OrderView, apply_order_event
 
@@ -52,10 +58,12 @@ def test_cancellation():
     assert view.cancelledAt is not None
 
 
-def test_redelivery_of_last_event_changes_nothing():
+def test_redelivery_of_a_recent_event_changes_nothing():
     p = placed()
-    view = apply_order_event(None, p)
+    pay = follow("order.payment_confirmed", paymentId="p-1", amount=16.0)
+    view = replay([p, pay])
     assert apply_order_event(view, p) is None
+    assert apply_order_event(view, pay) is None
 
 
 def test_event_before_placed_creates_partial_view_and_placed_fills_it_in():
@@ -95,16 +103,43 @@ def test_view_round_trips_through_its_stored_form():
     assert OrderView.from_dict(view.to_dict()) == view
 
 
-def test_apply_record_writes_the_table():
-    table: dict = {}
+def record(key, event, topic="order-events"):
+    return SimpleNamespace(
+        topic=topic, partition=0, offset=0, key=key, value=encode_envelope(event)
+    )
+
+
+def test_projection_writes_the_view_and_emits_view_and_customer_fact(tmp_path):
+    projection = OrdersProjection(Settings.from_env({}))
+    ctx = BatchContext(PartitionStore(tmp_path / "orders-0").begin())
     event = placed()
-    apply_record(table, b"o-1", encode_envelope(event))
-    assert table["o-1"]["status"] == "pending"
-    assert table["o-1"]["lastEventId"] == event.id
+    projection.apply(ctx, record(b"o-1", event))
+    assert ctx.tx.get(b"o-1")["status"] == "pending"
+    assert ctx.tx.get(b"o-1")["lastEventId"] == event.id
+    assert set(ctx.outputs) == {("order-views", b"o-1"), ("customer-facts", b"o-1")}
+    key, fact = ctx.outputs[("customer-facts", b"o-1")]
+    assert key == b"c-9"
+    assert orjson.loads(fact) == {
+        "orderId": "o-1",
+        "customerId": "c-9",
+        "version": 1,
+        "placedAt": event.timestamp,
+        "paidAmount": None,
+    }
 
 
-def test_apply_record_refuses_an_event_under_another_key():
-    table: dict = {}
+def test_shipping_changes_nothing_for_the_customer(tmp_path):
+    projection = OrdersProjection(Settings.from_env({}))
+    ctx = BatchContext(PartitionStore(tmp_path / "orders-0").begin())
+    projection.apply(ctx, record(b"o-1", placed()))
+    ctx.outputs.clear()
+    projection.apply(ctx, record(b"o-1", follow("order.shipped", trackingNumber="T")))
+    assert set(ctx.outputs) == {("order-views", b"o-1")}
+
+
+def test_projection_refuses_an_event_under_another_key(tmp_path):
+    projection = OrdersProjection(Settings.from_env({}))
+    ctx = BatchContext(PartitionStore(tmp_path / "orders-0").begin())
     with pytest.raises(ValidationError, match='key: expected the order id "o-1"'):
-        apply_record(table, b"o-2", encode_envelope(placed()))
-    assert table == {}
+        projection.apply(ctx, record(b"o-2", placed()))
+    assert ctx.tx.updates == {}

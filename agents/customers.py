@@ -1,0 +1,59 @@
+"""The customers projection: ``user-events`` + ``customer-facts`` → ``customers``.
+
+Both sources are keyed by customerId and co-partitioned, so partition *p* of
+each lands on the same worker and in the same table partition.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from schemas.envelope import decode_envelope
+from schemas.exceptions import DecodeError, ValidationError
+from streams.engine import BatchContext, Projection
+from streams.settings import Settings
+from streams.topics import CUSTOMER_FACTS, USER_EVENTS
+from tables.customers import TABLE_NAME, apply_order_fact, apply_user_created, customer_view
+
+USER_EVENT_NAMES = frozenset({"user.created"})
+
+
+class CustomersProjection(Projection):
+    """customerId → profile and order statistics."""
+
+    table = TABLE_NAME
+
+    def __init__(self, settings: Settings) -> None:
+        self.users_topic = settings.topic(USER_EVENTS.name)
+        self.facts_topic = settings.topic(CUSTOMER_FACTS.name)
+        self.sources = (self.users_topic, self.facts_topic)
+        self.query_topic = self.users_topic
+
+    def apply(self, ctx: BatchContext, record: Any) -> None:
+        if record.topic == self.facts_topic:
+            self._apply_fact(ctx, record)
+            return
+        envelope = decode_envelope(record.value)
+        if envelope.name not in USER_EVENT_NAMES:
+            raise ValidationError("name", "user.created", envelope.name)
+        user_id = envelope.data.get("userId")
+        key = user_id.encode() if isinstance(user_id, str) and user_id else None
+        if key is not None and record.key is not None and record.key != key:
+            raise ValidationError("key", f'the user id "{user_id}"', record.key)
+        doc = apply_user_created(ctx.tx.get(key) if key else None, envelope)
+        ctx.tx.set(doc["customerId"].encode(), doc)
+
+    def _apply_fact(self, ctx: BatchContext, record: Any) -> None:
+        try:
+            fact = orjson.loads(record.value)
+        except orjson.JSONDecodeError as exc:
+            raise DecodeError(f"customer fact is not valid JSON: {exc}") from exc
+        key = fact["customerId"].encode()
+        doc = apply_order_fact(ctx.tx.get(key), fact)
+        if doc is not None:
+            ctx.tx.set(key, doc)
+
+    def view(self, stored: Any) -> Any:
+        return customer_view(stored)
