@@ -1,14 +1,14 @@
+from types import SimpleNamespace
+
 import orjson
 import pytest
 
-from types import SimpleNamespace
-
 from agents.orders import OrdersProjection
+from schemas import ValidationError, encode_envelope, new_event
 from streams.engine import BatchContext
 from streams.settings import Settings
-from tables.store import PartitionStore
-from schemas import ValidationError, encode_envelope, new_event
 from tables.orders import OrderView, apply_order_event
+from tables.store import PartitionStore
 
 
 def placed(order_id="o-1", **extra):
