@@ -19,7 +19,7 @@ from streams.engine import BatchContext, Projection
 from streams.settings import Settings
 from streams.topics import CUSTOMER_FACTS, ORDER_EVENTS, ORDER_VIEWS
 from tables.customers import fact_changed, order_fact
-from tables.orders import TABLE_NAME, OrderView, apply_order_event
+from tables.orders import TABLE_NAME, apply_order_event
 
 
 class OrdersProjection(Projection):
@@ -46,12 +46,12 @@ class OrdersProjection(Projection):
                 "key", f'the order id "{order_id}" (events are keyed by orderId)', record.key
             )
         current = ctx.tx.get(key)
-        view = apply_order_event(OrderView.from_dict(current) if current else None, envelope)
-        if view is None:
+        doc = apply_order_event(current, envelope)
+        if doc is None:
             return
-        doc = view.to_dict()
-        ctx.tx.set(key, doc)
-        ctx.emit(self.views_topic, key, orjson.dumps(doc))
+        encoded = orjson.dumps(doc)
+        ctx.tx.set(key, doc, encoded)
+        ctx.emit(self.views_topic, key, encoded)
         if fact_changed(current, doc):
             fact = order_fact(doc)
-            ctx.emit(self.facts_topic, doc["customerId"].encode(), orjson.dumps(fact), dedupe=key)
+            ctx.emit(self.facts_topic, fact["customerId"].encode(), orjson.dumps(fact), dedupe=key)

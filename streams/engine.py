@@ -162,6 +162,9 @@ class ProjectionEngine(Service):
             bootstrap_servers=servers,
             client_id=f"{self.group_id}-consumer",
             group_id=self.group_id,
+            # Static membership: a restarted worker takes its partitions back
+            # at once instead of waiting out the old member's session.
+            group_instance_id=f"{self.group_id}-{self.settings.web_host}:{self.settings.web_port}",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             partition_assignment_strategy=(self.assignor,),

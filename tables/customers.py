@@ -15,6 +15,7 @@ totalSpent (sum of confirmed payment amounts) and lastOrderAt.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from schemas.envelope import Envelope
@@ -23,7 +24,7 @@ from schemas.exceptions import MISSING, ValidationError
 TABLE_NAME = "customers"
 
 
-def order_fact(view: dict[str, Any]) -> dict[str, Any]:
+def order_fact(view: Mapping[str, Any]) -> dict[str, Any]:
     """The customer fact of an order view (the view must have a customerId)."""
     return {
         "orderId": view["orderId"],
@@ -34,7 +35,7 @@ def order_fact(view: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def fact_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+def fact_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
     """Whether an order change matters to its customer (placed, paid, customer)."""
     if not new.get("customerId"):
         return False

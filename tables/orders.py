@@ -17,8 +17,7 @@ Rules (deterministic, independent of timing):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, TypedDict
 
 from schemas.envelope import Envelope
 from schemas.exceptions import MISSING, ValidationError
@@ -36,116 +35,111 @@ RECENT_IDS = 16
 """Event ids remembered per order for deduplication (an order has a handful of events)."""
 
 
-@dataclass(frozen=True, slots=True)
-class OrderView:
-    """The read model of one order, served as JSON by ``GET /orders/{orderId}``."""
+class OrderView(TypedDict):
+    """The read model of one order, served as JSON by ``GET /orders/{orderId}``.
+
+    A plain dict on the hot path (a dataclass conversion per event costs more
+    than the rest of the projection); this TypedDict documents its fields.
+    """
 
     orderId: str
     """Id of the order; also the Kafka key of its events and the table key."""
     status: str
     """pending, confirmed, shipped or cancelled."""
-    customerId: str | None = None
+    customerId: str | None
     """Customer who placed the order (None until ``order.placed`` is seen)."""
-    items: list[dict[str, Any]] = field(default_factory=list)
+    items: list[dict[str, Any]]
     """Order lines as placed: sku, quantity, unitPrice."""
-    totalAmount: float | None = None
+    totalAmount: float | None
     """Order total as placed."""
-    currency: str | None = None
+    currency: str | None
     """ISO currency code of the amounts, when the producer gives one."""
-    paymentId: str | None = None
+    paymentId: str | None
     """Id of the confirmed payment."""
-    paidAmount: float | None = None
+    paidAmount: float | None
     """Amount of the confirmed payment."""
-    trackingNumber: str | None = None
+    trackingNumber: str | None
     """Carrier tracking number once shipped."""
-    carrier: str | None = None
+    carrier: str | None
     """Carrier name once shipped, when given."""
-    cancelReason: str | None = None
+    cancelReason: str | None
     """Reason given with ``order.cancelled``."""
-    placedAt: str | None = None
+    placedAt: str | None
     """Timestamp of ``order.placed``."""
-    confirmedAt: str | None = None
+    confirmedAt: str | None
     """Timestamp of ``order.payment_confirmed``."""
-    shippedAt: str | None = None
+    shippedAt: str | None
     """Timestamp of ``order.shipped``."""
-    cancelledAt: str | None = None
+    cancelledAt: str | None
     """Timestamp of ``order.cancelled``."""
-    updatedAt: str | None = None
+    updatedAt: str | None
     """Timestamp of the last applied event."""
-    lastEventId: str | None = None
+    lastEventId: str | None
     """Id of the last applied event."""
-    recentEventIds: list[str] = field(default_factory=list)
+    recentEventIds: list[str]
     """Ids of the last RECENT_IDS applied events: redeliveries of them are ignored."""
-    lastEventName: str | None = None
+    lastEventName: str | None
     """Name of the last applied event."""
-    eventCount: int = 0
+    eventCount: int
     """How many events have been applied to this view."""
 
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form stored in the table and served over HTTP."""
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, doc: dict[str, Any]) -> OrderView:
-        """Rebuild a view from its stored JSON form."""
-        return cls(**doc)
+def new_view(order_id: str, status: str) -> OrderView:
+    """The view of an order before any event is applied."""
+    return {
+        "orderId": order_id, "status": status, "customerId": None, "items": [],
+        "totalAmount": None, "currency": None, "paymentId": None, "paidAmount": None,
+        "trackingNumber": None, "carrier": None, "cancelReason": None, "placedAt": None,
+        "confirmedAt": None, "shippedAt": None, "cancelledAt": None, "updatedAt": None,
+        "lastEventId": None, "recentEventIds": [], "lastEventName": None, "eventCount": 0,
+    }  # fmt: skip
 
 
 def apply_order_event(view: OrderView | None, event: Envelope) -> OrderView | None:
-    """Apply one order event to the current view.
+    """Apply one order event to the current view (which is not modified).
 
     Returns the new view, or ``None`` when the event changes nothing (a
     duplicate of a recently applied event). Raises :class:`ValidationError`
     when the event's data lacks a field its name requires.
     """
-    if event.name not in STATUS_BY_EVENT:
-        raise ValidationError("name", f"one of {', '.join(sorted(ORDER_EVENTS))}", event.name)
-    if view is not None and event.id in view.recentEventIds:
+    name = event.name
+    if name not in STATUS_BY_EVENT:
+        raise ValidationError("name", f"one of {', '.join(sorted(ORDER_EVENTS))}", name)
+    if view is not None and event.id in view["recentEventIds"]:
         return None
     data = event.data
     order_id = _str(data, "orderId")
-    if view is None:
-        view = OrderView(orderId=order_id, status=STATUS_BY_EVENT[event.name])
-    changes: dict[str, Any] = {}
-    if event.name == "order.placed":
-        changes = {
-            "customerId": _str(data, "customerId"),
-            "items": _list(data, "items"),
-            "totalAmount": _number(data, "totalAmount"),
-            "currency": _opt_str(data, "currency"),
-            "placedAt": event.timestamp,
-        }
-        if view.eventCount == 0:
-            changes["status"] = "pending"
-    elif event.name == "order.payment_confirmed":
-        changes = {
-            "status": "confirmed",
-            "paymentId": _str(data, "paymentId"),
-            "paidAmount": _number(data, "amount"),
-            "confirmedAt": event.timestamp,
-        }
-    elif event.name == "order.shipped":
-        changes = {
-            "status": "shipped",
-            "trackingNumber": _str(data, "trackingNumber"),
-            "carrier": _opt_str(data, "carrier"),
-            "shippedAt": event.timestamp,
-        }
+    new: OrderView = new_view(order_id, STATUS_BY_EVENT[name]) if view is None else view.copy()
+    ts = event.timestamp
+    if name == "order.placed":
+        new["customerId"] = _str(data, "customerId")
+        new["items"] = _list(data, "items")
+        new["totalAmount"] = _number(data, "totalAmount")
+        new["currency"] = _opt_str(data, "currency")
+        new["placedAt"] = ts
+        if new["eventCount"] == 0:
+            new["status"] = "pending"
+    elif name == "order.payment_confirmed":
+        new["status"] = "confirmed"
+        new["paymentId"] = _str(data, "paymentId")
+        new["paidAmount"] = _number(data, "amount")
+        new["confirmedAt"] = ts
+    elif name == "order.shipped":
+        new["status"] = "shipped"
+        new["trackingNumber"] = _str(data, "trackingNumber")
+        new["carrier"] = _opt_str(data, "carrier")
+        new["shippedAt"] = ts
     else:  # order.cancelled
-        changes = {
-            "status": "cancelled",
-            "cancelReason": _opt_str(data, "reason"),
-            "cancelledAt": event.timestamp,
-        }
-    return replace(
-        view,
-        **changes,
-        updatedAt=event.timestamp,
-        lastEventId=event.id,
-        recentEventIds=[*view.recentEventIds[-(RECENT_IDS - 1) :], event.id],
-        lastEventName=event.name,
-        eventCount=view.eventCount + 1,
-    )
+        new["status"] = "cancelled"
+        new["cancelReason"] = _opt_str(data, "reason")
+        new["cancelledAt"] = ts
+    recent = new["recentEventIds"]
+    new["recentEventIds"] = [*recent[len(recent) - RECENT_IDS + 1 :], event.id]
+    new["updatedAt"] = ts
+    new["lastEventId"] = event.id
+    new["lastEventName"] = name
+    new["eventCount"] += 1
+    return new
 
 
 def _str(data: dict[str, Any], key: str) -> str:

@@ -113,6 +113,7 @@ class Transaction:
         self.store = store
         self.updates: dict[bytes, Any] = {}
         self.offsets: dict[str, int] = {}
+        self._raw: dict[bytes, bytes] = {}
 
     def get(self, key: bytes) -> Any | None:
         """The value as of this transaction."""
@@ -120,9 +121,17 @@ class Transaction:
             return self.updates[key]
         return self.store.get(key)
 
-    def set(self, key: bytes, value: Any) -> None:
-        """Write a JSON-serialisable value (None deletes the key)."""
+    def set(self, key: bytes, value: Any, encoded: bytes | None = None) -> None:
+        """Write a JSON-serialisable value (None deletes the key).
+
+        ``encoded``, when given, must be ``orjson.dumps(value)``; it saves
+        encoding the value a second time.
+        """
         self.updates[key] = value
+        if encoded is None:
+            self._raw.pop(key, None)
+        else:
+            self._raw[key] = encoded
 
     def applied(self, source: str, offset: int) -> None:
         """Record that ``source`` has been applied up to ``offset``."""
@@ -130,7 +139,11 @@ class Transaction:
 
     def encoded(self) -> dict[bytes, bytes | None]:
         """The updates as stored bytes (None for deletes)."""
-        return {k: (None if v is None else orjson.dumps(v)) for k, v in self.updates.items()}
+        raw = self._raw
+        return {
+            k: (None if v is None else raw.get(k) or orjson.dumps(v))
+            for k, v in self.updates.items()
+        }
 
     def commit(self, encoded: dict[bytes, bytes | None] | None = None) -> None:
         """Write the updates and offsets to the store in one WriteBatch."""

@@ -1,0 +1,336 @@
+"""Drain benchmark: how fast one worker turns a pre-loaded backlog into read models.
+
+    python -m benchmarks.drain --orders 100000 --customers 20000
+
+Pre-loads the workload (user.created per customer, order lifecycles with
+duplicates) into fresh topics, then, in the same run and on the same data:
+
+1. Eventide: one ``eventide worker`` drains both read models (orders, and
+   customers through the customer-facts repartition topic);
+2. the naive Faust agent (one table write per event) drains ``--naive-events``
+   of the same order events (it is slow; its rate is what matters);
+3. the rebuild: Eventide's local RocksDB is deleted and the worker restarts,
+   restoring both tables from their changelogs.
+
+A sample of read models is checked over HTTP against the state computed
+offline. Results: JSON and a markdown table under benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from streams import devbroker
+from streams.demo import fetch_json
+from streams.settings import Settings
+from streams.topics import CUSTOMER_FACTS, ORDER_EVENTS, USER_EVENTS, ensure_topics
+
+from .workload import expected_state, make_workload, publish
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def env_of(settings: Settings) -> dict[str, str]:
+    out = {}
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        out[f"EVENTIDE_{f.name.upper()}"] = (
+            value.reveal() if hasattr(value, "reveal") else str(value)
+        )
+    return {**os.environ, **out}
+
+
+class Progress:
+    """Committed vs end offsets of a consumer group, on one long-lived connection."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.loop = asyncio.new_event_loop()
+        self.loop.run_until_complete(self._start())
+
+    async def _start(self) -> None:
+        servers = self.settings.bootstrap_servers
+        self.admin = AIOKafkaAdminClient(bootstrap_servers=servers)
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=servers)
+        await self.admin.start()
+        await self.consumer.start()
+
+    def __call__(self, group: str, topics: list[str]) -> tuple[int, int]:
+        return self.loop.run_until_complete(self._progress(group, topics))
+
+    async def _progress(self, group: str, topics: list[str]) -> tuple[int, int]:
+        committed = await self.admin.list_consumer_group_offsets(group)
+        parts = range(self.settings.partitions)
+        tps = [TopicPartition(t, p) for t in topics for p in parts]
+        ends = await self.consumer.end_offsets(tps)
+        done = sum(m.offset for tp, m in committed.items() if tp in ends and m.offset > 0)
+        return done, sum(ends.values())
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.consumer.stop())
+        self.loop.run_until_complete(self.admin.close())
+        self.loop.close()
+
+
+def wait_until(
+    check: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen[bytes]
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{what}: the process exited with {proc.returncode}")
+        if check():
+            return
+        time.sleep(0.5)
+    raise SystemExit(f"{what}: not done after {timeout:.0f}s")
+
+
+def start(cmd: list[str], settings: Settings, logfile: Path) -> subprocess.Popen[bytes]:
+    with logfile.open("ab") as out:
+        return subprocess.Popen(cmd, env=env_of(settings), stdout=out, stderr=subprocess.STDOUT)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def ready(settings: Settings) -> bool:
+    try:
+        return fetch_json(f"{settings.web_url}/health", timeout=2)[0] == 200
+    except OSError:
+        return False
+
+
+def drain_eventide(
+    settings: Settings, total: int, workdir: Path, progress: Progress
+) -> dict[str, Any]:
+    """Start a worker, time the drain of both read models."""
+    group = settings.projection_group
+    sources = [settings.topic(ORDER_EVENTS.name), settings.topic(USER_EVENTS.name)]
+    facts = [settings.topic(CUSTOMER_FACTS.name)]
+    launched = time.monotonic()
+    proc = start([sys.executable, "-m", "streams.cli", "worker"], settings, workdir / "worker.log")
+    wait_until(lambda: ready(settings), 120, "eventide worker start", proc)
+    t_ready = time.monotonic()
+    last = [0.0]
+
+    def drained() -> bool:
+        done, end = progress(group, sources)
+        if time.monotonic() - last[0] > 5:
+            log(f"  eventide: {done:,}/{end:,} source events")
+            last[0] = time.monotonic()
+        if done < end:
+            return False
+        fdone, fend = progress(group, facts)
+        return fdone >= fend
+
+    wait_until(drained, 3600, "eventide drain", proc)
+    t_done = time.monotonic()
+    return {
+        "proc": proc,
+        "start_s": t_ready - launched,
+        "drain_s": t_done - t_ready,
+        "events_per_s": total / (t_done - t_ready),
+    }
+
+
+def drain_naive(
+    settings: Settings, events: int, workdir: Path, progress: Progress
+) -> dict[str, Any]:
+    """Run the naive Faust agent until it has committed ``events`` events."""
+    topic = [settings.topic(ORDER_EVENTS.name)]
+    proc = start(
+        [sys.executable, "-m", "benchmarks.peers.naive_faust"], settings, workdir / "naive.log"
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # first commit marks the start of processing
+        if progress(settings.app_id, topic)[0] > 0:
+            break
+        time.sleep(0.2)
+    t0 = time.monotonic()
+    first = progress(settings.app_id, topic)[0]
+    last = [0.0]
+
+    def enough() -> bool:
+        done = progress(settings.app_id, topic)[0]
+        if time.monotonic() - last[0] > 5:
+            log(f"  naive faust: {done:,}/{events:,} events")
+            last[0] = time.monotonic()
+        return done >= events
+
+    wait_until(enough, 3600, "naive faust drain", proc)
+    done = progress(settings.app_id, topic)[0]
+    elapsed = time.monotonic() - t0
+    stop(proc)
+    return {"events": done - first, "drain_s": elapsed, "events_per_s": (done - first) / elapsed}
+
+
+def verify(settings: Settings, orders: dict[str, Any], customers: dict[str, Any], n: int) -> int:
+    """Compare a random sample of read models over HTTP; returns mismatches."""
+    rng = random.Random(5)
+    bad = 0
+    for table, expected in (("orders", orders), ("customers", customers)):
+        for key in rng.sample(sorted(expected), min(n, len(expected))):
+            code, body = fetch_json(f"{settings.web_url}/{table}/{key}")
+            if code != 200 or body != expected[key]:
+                bad += 1
+                if bad <= 3:
+                    log(f"  MISMATCH {table}/{key}: {code} {body} != {expected[key]}")
+    return bad
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--orders", type=int, default=100_000)
+    ap.add_argument("--customers", type=int, default=20_000)
+    ap.add_argument("--naive-events", type=int, default=100_000)
+    ap.add_argument("--partitions", type=int, default=8)
+    ap.add_argument("--broker", default="kafka://127.0.0.1:39092")
+    ap.add_argument("--verify", type=int, default=2000, help="read models checked per table")
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args(argv)
+
+    workdir = Path(tempfile.mkdtemp(prefix="eventide-drain-"))
+    base = Settings.from_env(
+        {"EVENTIDE_BROKER_URL": args.broker, "EVENTIDE_STATE_DIR": str(ROOT / ".eventide")}
+    )
+    started_broker = False
+    if not devbroker.is_answering(base):
+        devbroker.start(base, log)
+        started_broker = True
+    tag = uuid.uuid4().hex[:8]
+
+    def settings(app: str, port: int) -> Settings:
+        return Settings.from_env(
+            {
+                "EVENTIDE_BROKER_URL": args.broker,
+                "EVENTIDE_APP_ID": f"{app}-{tag}",
+                "EVENTIDE_TOPIC_PREFIX": f"bench-{tag}-",
+                "EVENTIDE_PARTITIONS": str(args.partitions),
+                "EVENTIDE_DATA_DIR": str(workdir / app),
+                "EVENTIDE_WEB_PORT": str(port),
+                "EVENTIDE_LOG_LEVEL": "info",
+            }
+        )
+
+    eventide, naive = settings("eventide", 36066), settings("naive", 36067)
+    try:
+        log(f"generating {args.orders:,} orders for {args.customers:,} customers")
+        work = make_workload(args.orders, args.customers, seed=args.seed)
+        total = len(work.users) + len(work.orders)
+        asyncio.run(ensure_topics(eventide))
+        t = time.monotonic()
+        asyncio.run(
+            publish(
+                eventide,
+                work,
+                progress=lambda n: (
+                    log(f"  published {n:,} of {total:,}") if n % 200_000 < 50_000 else None
+                ),
+            )
+        )
+        log(f"pre-loaded {total:,} events in {time.monotonic() - t:.1f}s")
+        log("computing the expected read models offline")
+        exp_orders, exp_customers = expected_state(work)
+        del work
+
+        log("eventide: draining")
+        progress = Progress(eventide)
+        e = drain_eventide(eventide, total, workdir, progress)
+        log(f"eventide: {total:,} events in {e['drain_s']:.1f}s = {e['events_per_s']:,.0f}/s")
+        mismatches = verify(eventide, exp_orders, exp_customers, args.verify)
+        log(f"verified {2 * args.verify} read models over HTTP: {mismatches} mismatches")
+        stop(e.pop("proc"))
+
+        log("rebuild: deleting local RocksDB, restarting from the changelogs")
+        shutil.rmtree(eventide.data_dir)
+        t = time.monotonic()
+        proc = start(
+            [sys.executable, "-m", "streams.cli", "worker"], eventide, workdir / "rebuild.log"
+        )
+        wait_until(lambda: ready(eventide), 1800, "rebuild", proc)
+        rebuild_s = time.monotonic() - t
+        rebuilt_mismatches = verify(eventide, exp_orders, exp_customers, args.verify // 4)
+        stop(proc)
+        log(f"rebuild: {rebuild_s:.1f}s, {rebuilt_mismatches} mismatches")
+
+        log(f"naive faust: draining {args.naive_events:,} order events")
+        n = drain_naive(naive, min(args.naive_events, total - args.customers), workdir, progress)
+        progress.close()
+        log(
+            f"naive faust: {n['events']:,} events in {n['drain_s']:.1f}s = "
+            f"{n['events_per_s']:,.0f}/s"
+        )
+    finally:
+        if started_broker:
+            devbroker.stop(base, log)
+
+    result = {
+        "scenario": "drain",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "machine": {
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "kafka": "4.1.1 (single KRaft node on the same machine)",
+        },
+        "events": total,
+        "orders": args.orders,
+        "customers": args.customers,
+        "partitions": args.partitions,
+        "eventide": e,
+        "naive_faust": n,
+        "ratio_eventide_to_naive": e["events_per_s"] / n["events_per_s"],
+        "rebuild_s": rebuild_s,
+        "mismatches": mismatches + rebuilt_mismatches,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"drain-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps(result, indent=2))
+    table = (
+        "| implementation | events | seconds | events/s | ratio |\n|---|---:|---:|---:|---:|\n"
+        f"| eventide (batch engine, both read models) | {total:,} | {e['drain_s']:.1f} | "
+        f"{e['events_per_s']:,.0f} | {result['ratio_eventide_to_naive']:.1f}x |\n"
+        f"| naive faust agent (orders only) | {n['events']:,} | {n['drain_s']:.1f} | "
+        f"{n['events_per_s']:,.0f} | 1.0x |\n"
+        f"\nrebuild of both tables from changelogs: {rebuild_s:.1f}s; "
+        f"read models checked: {mismatches + rebuilt_mismatches} mismatches\n"
+    )
+    (RESULTS / out.name.replace(".json", ".md")).write_text(table)
+    print(table)
+    print(f"results: {out}")
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 1 if result["mismatches"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

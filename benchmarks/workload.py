@@ -1,0 +1,185 @@
+"""A reproducible order/customer workload and the read models it must produce.
+
+Used by the drain benchmark, the crash test and the crash benchmark: the
+same events go to Kafka and through the pure projection functions offline,
+and the two results must be equal.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from schemas.envelope import Envelope, encode_envelope, new_event
+from streams.outputs import BatchSender, KeyPartitioner
+from streams.produce import key_of
+from streams.settings import Settings
+from streams.topics import ORDER_EVENTS, USER_EVENTS
+from tables.customers import (
+    apply_order_fact,
+    apply_user_created,
+    customer_view,
+    fact_changed,
+    order_fact,
+)
+from tables.orders import apply_order_event
+
+SKUS = [("sku-book", 12.5), ("sku-mug", 8.0), ("sku-lamp", 39.9), ("sku-tea", 4.25)]
+
+
+@dataclass
+class Workload:
+    """Events in publication order, per topic."""
+
+    users: list[Envelope]
+    """user.created, one per customer."""
+    orders: list[Envelope]
+    """order.* events, interleaved across orders, each order's own sequence kept;
+    includes duplicates (the same event, same id, published again later)."""
+
+
+def make_workload(
+    orders: int, customers: int, seed: int = 1, duplicate_rate: float = 0.02
+) -> Workload:
+    """Lifecycles of ``orders`` orders over ``customers`` customers."""
+    rng = random.Random(seed)
+    base = datetime(2026, 11, 1, tzinfo=UTC)
+    tag = f"{seed:x}"
+    users = [
+        new_event(
+            "user.created",
+            {"userId": f"c-{tag}-{c}", "email": f"c{c}@example.com", "name": f"Customer {c}"},
+            source="user-service",
+            timestamp=base,
+        )
+        for c in range(customers)
+    ]
+    flows: list[list[Envelope]] = []
+    for n in range(orders):
+        order_id = f"o-{tag}-{n}"
+        when = base + timedelta(seconds=n)
+        lines = [(s, rng.randint(1, 3), p) for s, p in rng.sample(SKUS, rng.randint(1, 3))]
+        total = round(sum(q * p for _, q, p in lines), 2)
+        placed = new_event(
+            "order.placed",
+            {
+                "orderId": order_id,
+                "customerId": f"c-{tag}-{rng.randrange(customers)}",
+                "items": [{"sku": s, "quantity": q, "unitPrice": p} for s, q, p in lines],
+                "totalAmount": total,
+                "currency": "EUR",
+            },
+            source="order-service",
+            timestamp=when,
+        )
+        flow = [placed]
+        roll = rng.random()
+        if roll < 0.1:
+            flow.append(_next(flow, "order.cancelled", {"reason": "changed mind"}, when, 60))
+        elif roll < 0.9:
+            pay = {"paymentId": f"p-{n}", "amount": total}
+            flow.append(_next(flow, "order.payment_confirmed", pay, when, 30))
+            if rng.random() < 0.8:
+                ship = {"trackingNumber": f"T{n:09d}", "carrier": "DHL"}
+                flow.append(_next(flow, "order.shipped", ship, when, 3600))
+        flows.append(flow)
+    events: list[Envelope] = []
+    cursor = [0] * len(flows)
+    live = list(range(len(flows)))
+    while live:
+        i = rng.randrange(len(live))
+        f = live[i]
+        events.append(flows[f][cursor[f]])
+        if rng.random() < duplicate_rate:
+            events.append(flows[f][cursor[f]])  # a producer retry: same event again
+        cursor[f] += 1
+        if cursor[f] == len(flows[f]):
+            live[i] = live[-1]
+            live.pop()
+    return Workload(users=users, orders=events)
+
+
+def _next(
+    flow: list[Envelope], name: str, data: dict[str, Any], when: datetime, after: int
+) -> Envelope:
+    return new_event(
+        name,
+        {"orderId": flow[0].data["orderId"], **data},
+        source="order-service",
+        correlation_id=flow[0].correlation_id,
+        causation_id=flow[-1].id,
+        timestamp=when + timedelta(seconds=after * len(flow)),
+    )
+
+
+def expected_state(work: Workload) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """(orders, customers) read models computed offline with the projections' functions."""
+    orders: dict[str, Any] = {}
+    customers: dict[str, dict[str, Any]] = {}
+    for e in work.users:
+        customers[e.data["userId"]] = apply_user_created(customers.get(e.data["userId"]), e)
+    for e in work.orders:
+        order_id = e.data["orderId"]
+        old = orders.get(order_id)
+        new = apply_order_event(old, e)
+        if new is None:
+            continue
+        orders[order_id] = new
+        if fact_changed(old, new):
+            fact = order_fact(new)
+            updated = apply_order_fact(customers.get(fact["customerId"]), fact)
+            if updated is not None:
+                customers[fact["customerId"]] = updated
+    return (
+        orders,
+        {k: customer_view(v) for k, v in customers.items()},
+    )
+
+
+Encoder = Callable[[Envelope], bytes]
+
+
+async def publish(
+    settings: Settings,
+    work: Workload,
+    encode: Encoder = encode_envelope,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Publish the workload (users first) keyed by entity id; returns records sent."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=10,
+        max_batch_size=1024 * 1024,
+    )
+    await producer.start()
+    sent = 0
+    try:
+        partition = KeyPartitioner(settings.partitions)
+        for topic, events in (
+            (settings.topic(USER_EVENTS.name), work.users),
+            (settings.topic(ORDER_EVENTS.name), work.orders),
+        ):
+            sender = BatchSender(producer)
+            for chunk in _chunks(events, 50_000):
+                for e in chunk:
+                    key = key_of(e).encode()
+                    await sender.append(topic, partition(key), key, encode(e), e.headers())
+                await sender.flush()
+                sent += len(chunk)
+                if progress:
+                    progress(sent)
+    finally:
+        await producer.stop()
+    return sent
+
+
+def _chunks(items: list[Envelope], size: int) -> Iterator[list[Envelope]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
