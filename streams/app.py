@@ -44,6 +44,10 @@ def faust_options(settings: Settings) -> dict[str, Any]:
         "producer_acks": -1,
         "consumer_auto_offset_reset": "earliest",
         "autodiscover": False,
+        # Faust's own group (agents other than the projections) follows the
+        # same failure-detection time; its default of 60 s delays every restart.
+        "broker_session_timeout": settings.session_timeout_ms / 1000,
+        "broker_heartbeat_interval": max(1.0, settings.session_timeout_ms / 4000),
     }
 
 

@@ -171,6 +171,8 @@ class ProjectionEngine(Service):
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_bytes=32 * 1024 * 1024,
             max_poll_interval_ms=300_000,
+            session_timeout_ms=self.settings.session_timeout_ms,
+            heartbeat_interval_ms=max(1000, self.settings.session_timeout_ms // 4),
         )
         await self._consumer.start()
         self._consumer.subscribe(sorted(self.by_topic), listener=_Rebalance(self))

@@ -84,11 +84,27 @@ class Settings:
     broker_start_timeout: float = 60.0
     """EVENTIDE_BROKER_START_TIMEOUT: seconds to wait for the dev broker to answer."""
 
+    max_record_bytes: int = 1_048_576
+    """EVENTIDE_MAX_RECORD_BYTES: larger record values are rejected before decoding."""
+
+    max_json_depth: int = 32
+    """EVENTIDE_MAX_JSON_DEPTH: deepest JSON nesting accepted, checked before parsing."""
+
+    max_string_length: int = 65_536
+    """EVENTIDE_MAX_STRING_LENGTH: longest string (characters) of an event field."""
+
+    max_array_length: int = 10_000
+    """EVENTIDE_MAX_ARRAY_LENGTH: most elements in an array of an event's data."""
+
     batch_max_records: int = 10_000
     """EVENTIDE_BATCH_MAX_RECORDS: most records a projection batch takes at once."""
 
     batch_max_wait_ms: int = 100
     """EVENTIDE_BATCH_MAX_WAIT_MS: longest wait for records before a batch is cut."""
+
+    session_timeout_ms: int = 10_000
+    """EVENTIDE_SESSION_TIMEOUT_MS: how long a silent worker keeps its partitions
+    before the group gives them to the others (Kafka's session.timeout.ms)."""
 
     database_url: SecretUrl = field(default_factory=lambda: SecretUrl(""))
     """EVENTIDE_DATABASE_URL: the command API's database (domain rows + outbox).
@@ -272,8 +288,13 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "log_level": _log_level,
     "broker_heap": _heap,
     "broker_start_timeout": _float(1, 600),
+    "max_record_bytes": _int(64, 64 * 1_048_576),
+    "max_json_depth": _int(4, 1000),  # an order.placed nests 4 deep
+    "max_string_length": _int(1, 64 * 1_048_576),
+    "max_array_length": _int(1, 10_000_000),
     "batch_max_records": _int(1, 1_000_000),
     "batch_max_wait_ms": _int(0, 60_000),
+    "session_timeout_ms": _int(6_000, 300_000),
     "database_url": _database_url,
     "api_host": _str,
     "api_port": _int(1, 65535),
