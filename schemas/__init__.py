@@ -1,14 +1,43 @@
-"""Event contracts: the envelope, its codecs and validation errors."""
+"""Event contracts: the envelope, its schemas and registry, codecs and validation errors."""
 
-from .envelope import Envelope, decode_envelope, encode_envelope, new_event
-from .exceptions import DecodeError, EventError, ValidationError
+from .codecs import CONTENT_TYPE_AVRO, EventCodec, decode_event, default_codec
+from .envelope import CONTENT_TYPE_JSON, Envelope, decode_envelope, encode_envelope, new_event
+from .exceptions import (
+    DecodeError,
+    EncodeError,
+    EventError,
+    IncompatibleSchemaError,
+    LimitExceededError,
+    RegistryError,
+    SchemaError,
+    UnknownSchemaError,
+    UnsupportedVersionError,
+    ValidationError,
+)
+from .limits import Limits
+from .registry import Registry, SchemaEntry
 
 __all__ = [
+    "CONTENT_TYPE_AVRO",
+    "CONTENT_TYPE_JSON",
     "DecodeError",
+    "EncodeError",
     "Envelope",
+    "EventCodec",
     "EventError",
+    "IncompatibleSchemaError",
+    "LimitExceededError",
+    "Limits",
+    "Registry",
+    "RegistryError",
+    "SchemaEntry",
+    "SchemaError",
+    "UnknownSchemaError",
+    "UnsupportedVersionError",
     "ValidationError",
     "decode_envelope",
+    "decode_event",
+    "default_codec",
     "encode_envelope",
     "new_event",
 ]

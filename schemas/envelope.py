@@ -153,3 +153,48 @@ def _timestamp(doc: dict[str, Any]) -> str:
             "timestamp", "an ISO-8601 time such as 2026-11-27T15:00:00.000Z", value
         ) from None
     return value
+
+
+_new = object.__new__
+_SETTERS = tuple(
+    Envelope.__dict__[name].__set__
+    for name in (
+        "id",
+        "name",
+        "timestamp",
+        "version",
+        "source",
+        "correlation_id",
+        "causation_id",
+        "data",
+    )
+)
+
+
+def build_envelope(
+    event_id: str,
+    name: str,
+    timestamp: str,
+    version: str,
+    source: str,
+    correlation_id: str | None,
+    causation_id: str | None,
+    data: dict[str, Any],
+) -> Envelope:
+    """``Envelope(...)`` for already validated values, about twice as fast.
+
+    The frozen dataclass's ``__init__`` goes through ``object.__setattr__`` once
+    per field; the decoders build one envelope per event, so they set the slots
+    directly. The result is an ordinary, equal, immutable :class:`Envelope`.
+    """
+    event = _new(Envelope)
+    s_id, s_name, s_ts, s_version, s_source, s_corr, s_cause, s_data = _SETTERS
+    s_id(event, event_id)
+    s_name(event, name)
+    s_ts(event, timestamp)
+    s_version(event, version)
+    s_source(event, source)
+    s_corr(event, correlation_id)
+    s_cause(event, causation_id)
+    s_data(event, data)
+    return event

@@ -1,7 +1,13 @@
-"""Decode and validation errors of the event contracts.
+"""Errors of the event contracts: decoding, validation, the registry, evolution.
 
-Retrying never helps: the same bytes fail the same way, so every class here is
-``retriable = False`` and such events are skipped (later: dead-lettered).
+Two families, both under :class:`streams.exceptions.EventideError`:
+
+- :class:`EventError`: one event could not be used (bad bytes, a missing
+  field, a version no reader handles). Retrying never helps, the same bytes
+  fail the same way, so these events are skipped or dead-lettered.
+- :class:`SchemaError`: the committed schemas or the registry are wrong (an id
+  reused, an incompatible minor version). Found at start-up and by
+  ``eventide schemas check``; a code change fixes them, never a retry.
 """
 
 from __future__ import annotations
@@ -16,7 +22,19 @@ class EventError(EventideError):
 
 
 class DecodeError(EventError):
-    """The bytes are not a well-formed envelope (not JSON, not an object)."""
+    """The bytes are not a well-formed event (not JSON, not Avro, not an object)."""
+
+
+class LimitExceededError(DecodeError):
+    """The record breaks a size, depth or length limit; it was not decoded further."""
+
+
+class UnknownSchemaError(DecodeError):
+    """The record names a schema id or an event name the registry does not hold."""
+
+
+class UnsupportedVersionError(DecodeError):
+    """The event's version has no reader: a newer major, or an older one without upcaster."""
 
 
 class ValidationError(EventError):
@@ -24,14 +42,39 @@ class ValidationError(EventError):
 
     def __init__(self, path: str, expected: str, found: object) -> None:
         self.path = path
+        """Where the problem is, e.g. ``data.items[2].quantity``."""
         self.expected = expected
+        """What the schema wants there, e.g. ``int``."""
         self.found = found
+        """The offending value (:data:`MISSING` when the field is absent)."""
         super().__init__(f"{path}: expected {expected}, got {_show(found)}")
+
+
+class EncodeError(EventError):
+    """An event cannot be encoded: its name and version have no schema, or it is too large."""
+
+
+class SchemaError(EventideError):
+    """A committed schema or the registry is invalid; the message names the file or id."""
+
+    retriable = False
+
+
+class RegistryError(SchemaError):
+    """``schemas/registry.json`` and the ``.avsc`` files disagree (ids, files, fingerprints)."""
+
+
+class IncompatibleSchemaError(SchemaError):
+    """A minor version breaks Avro schema resolution against the previous one."""
 
 
 def _show(value: object) -> str:
     if value is _MISSING:
         return "nothing (field missing)"
+    if isinstance(value, list | dict) and len(value) > 20:
+        return f"{'an array' if isinstance(value, list) else 'an object'} of {len(value)} elements"
+    if isinstance(value, str) and len(value) > 80:
+        value = value[:80]
     text = repr(value) if not isinstance(value, str) else f'"{value}"'
     return text if len(text) <= 80 else text[:77] + "..."
 

@@ -148,5 +148,60 @@ def topics() -> None:
     click.echo(f"created: {', '.join(created)}" if created else "all topics exist")
 
 
+@main.group("schemas")
+def schemas_group() -> None:
+    """Event schemas: the registry in schemas/ and the evolution rules."""
+
+
+_REGISTRY_OPTION = click.option(
+    "--registry",
+    "root",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Directory holding registry.json and avsc/ (default: the committed schemas/).",
+)
+
+
+@schemas_group.command("check")
+@_REGISTRY_OPTION
+@_fail_cleanly
+def schemas_check(root: str | None) -> None:
+    """Check the registry and every evolution; exit 1 naming the offending field.
+
+    The registry: ids and files agree, schemas unchanged since registered,
+    upcasters for every major version (a problem exits 2). Evolution: each minor
+    version reads the previous one's data and is readable by its consumers.
+    """
+    from pathlib import Path
+
+    from schemas.compat import check_registry
+    from schemas.registry import DEFAULT_ROOT, REGISTRY_FILE, Registry
+
+    registry = Registry.load(Path(root) if root else DEFAULT_ROOT)
+    pairs, problems = check_registry(registry)
+    for problem in problems:
+        click.echo(f"incompatible: {problem}", err=True)
+    if problems:
+        sys.exit(1)
+    click.echo(
+        f"ok: {len(registry)} schemas of {len(registry.names)} events in "
+        f"{registry.root / REGISTRY_FILE}; {pairs} minor-version evolutions checked, "
+        "all backward and forward compatible"
+    )
+
+
+@schemas_group.command("list")
+@_REGISTRY_OPTION
+@_fail_cleanly
+def schemas_list(root: str | None) -> None:
+    """Print every registered schema: id, event, version, file."""
+    from pathlib import Path
+
+    from schemas.registry import DEFAULT_ROOT, Registry
+
+    for entry in Registry.load(Path(root) if root else DEFAULT_ROOT):
+        click.echo(f"{entry.id:>5}  {entry.name:<26} {entry.version:<6} {entry.file}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

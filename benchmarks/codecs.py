@@ -1,0 +1,244 @@
+"""Micro-benchmark of the event codecs: encode and decode rates per event, Avro and JSON.
+
+    python -m benchmarks.codecs                      # every event, 20k records each
+    python -m benchmarks.codecs --events 50000 --only order.placed --repeat 7
+
+For each event of the registry it builds a set of realistic, distinct events,
+then measures, in one process and one run:
+
+- ``ceiling decode``: ``orjson.loads`` of the JSON bytes, no validation: the
+  fastest a JSON consumer can go, and the baseline of every decode ratio;
+- ``json decode`` / ``avro decode``: :meth:`EventCodec.decode` with the
+  record's headers: limits, content type, parsing, schema validation, the
+  :class:`Envelope`;
+- ``ceiling encode``: ``orjson.dumps`` of the envelope dict, no validation,
+  the baseline of every encode ratio;
+- ``json encode`` / ``avro encode``: :meth:`EventCodec.encode_json` /
+  :meth:`EventCodec.encode_avro`, which validate first.
+
+Each figure is the best of ``--repeat`` passes over the records (the least
+disturbed by other processes). Ratios are rate / ceiling rate from the same
+run, so they compare across machines better than the absolute rates. Results
+are printed as a table and written as JSON under ``benchmarks/results/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from schemas.codecs import CONTENT_TYPE_AVRO, EventCodec
+from schemas.envelope import CONTENT_TYPE_JSON, Envelope, new_event
+from schemas.registry import SchemaEntry
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+KINDS = (
+    "ceiling decode",
+    "json decode",
+    "avro decode",
+    "ceiling encode",
+    "json encode",
+    "avro encode",
+)
+
+
+def sample_value(schema: Any, field: str, rng: random.Random, n: int) -> Any:
+    """A realistic value for ``field`` of type ``schema`` (the n-th event of a set)."""
+    if isinstance(schema, list):
+        branches = [s for s in schema if s != "null"]
+        return None if rng.random() < 0.2 else sample_value(branches[0], field, rng, n)
+    if isinstance(schema, dict):
+        kind = schema["type"]
+        if kind == "record":
+            return {f["name"]: sample_value(f["type"], f["name"], rng, n) for f in schema["fields"]}
+        if kind == "array":
+            return [sample_value(schema["items"], field, rng, n) for _ in range(rng.randint(1, 3))]
+        if kind == "enum":
+            return rng.choice(schema["symbols"])
+        if kind == "map":
+            return {f"k{i}": sample_value(schema["values"], field, rng, n) for i in range(2)}
+        return sample_value(kind, field, rng, n)
+    if schema == "string":
+        if field == "currency":
+            return rng.choice(["EUR", "USD", "GBP"])
+        if field == "email":
+            return f"user{n}@example.com"
+        if field.endswith("Id") or field in ("sku", "trackingNumber"):
+            return f"{field[:3]}-{n:08d}"
+        return rng.choice(["customer changed their mind", "DHL", "Ada Lovelace", "out of stock"])
+    if schema in ("int", "long"):
+        return rng.randint(1, 5)
+    if schema in ("double", "float"):
+        return round(rng.uniform(1, 200), 2)
+    if schema == "boolean":
+        return rng.random() < 0.5
+    return None
+
+
+def sample_events(entry: SchemaEntry, count: int, seed: int) -> list[Envelope]:
+    """``count`` distinct events of ``entry``'s schema."""
+    rng = random.Random(f"{seed}-{entry.name}")
+    start = datetime(2026, 11, 27, 15, 0, tzinfo=UTC)
+    return [
+        new_event(
+            entry.name,
+            sample_value(entry.payload, "data", rng, n),
+            source="benchmark",
+            version=f"{entry.version}.0",
+            timestamp=start + timedelta(milliseconds=n),
+        )
+        for n in range(count)
+    ]
+
+
+def best_rate(run: Callable[[], None], count: int, repeat: int) -> float:
+    """Events per second of the fastest of ``repeat`` passes over ``count`` events."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return count / best
+
+
+def measure(codec: EventCodec, events: list[Envelope], repeat: int) -> dict[str, float]:
+    """Rates (events/s) of every kind in :data:`KINDS` for one event's records."""
+    as_json = [codec.encode_json(e) for e in events]
+    as_avro = [codec.encode_avro(e) for e in events]
+    json_headers = codec.headers(events[0], CONTENT_TYPE_JSON)
+    avro_headers = codec.headers(events[0], CONTENT_TYPE_AVRO)
+    decode, loads, dumps = codec.decode, orjson.loads, orjson.dumps
+    encode_json, encode_avro = codec.encode_json, codec.encode_avro
+    # Correctness first: both forms must give back what was encoded.
+    for event, j, a in zip(events[:100], as_json, as_avro, strict=False):
+        assert decode(j, json_headers) == decode(a, avro_headers) == event
+
+    def ceiling_decode() -> None:
+        for raw in as_json:
+            loads(raw)
+
+    def json_decode() -> None:
+        for raw in as_json:
+            decode(raw, json_headers)
+
+    def avro_decode() -> None:
+        for raw in as_avro:
+            decode(raw, avro_headers)
+
+    def ceiling_encode() -> None:
+        for e in events:
+            dumps(e.to_dict())
+
+    def json_encode() -> None:
+        for e in events:
+            encode_json(e)
+
+    def avro_encode() -> None:
+        for e in events:
+            encode_avro(e)
+
+    runs = (ceiling_decode, json_decode, avro_decode, ceiling_encode, json_encode, avro_encode)
+    rates = {
+        kind: best_rate(run, len(events), repeat) for kind, run in zip(KINDS, runs, strict=True)
+    }
+    rates["json bytes"] = sum(map(len, as_json)) / len(as_json)
+    rates["avro bytes"] = sum(map(len, as_avro)) / len(as_avro)
+    return rates
+
+
+def ratios(rates: dict[str, float]) -> dict[str, float]:
+    """Each codec's rate as a fraction of the ceiling measured in the same run."""
+    return {
+        "json decode": rates["json decode"] / rates["ceiling decode"],
+        "avro decode": rates["avro decode"] / rates["ceiling decode"],
+        "json encode": rates["json encode"] / rates["ceiling encode"],
+        "avro encode": rates["avro encode"] / rates["ceiling encode"],
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.codecs", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--events", type=int, default=20_000, help="records per event (20000)")
+    parser.add_argument("--repeat", type=int, default=5, help="passes; the best counts (5)")
+    parser.add_argument("--only", action="append", help="benchmark only this event (repeatable)")
+    parser.add_argument("--seed", type=int, default=7, help="seed of the sample events (7)")
+    parser.add_argument("--output", type=Path, help="JSON results file (default: results/...)")
+    args = parser.parse_args(argv)
+    if args.events < 1 or args.repeat < 1:
+        parser.error("--events and --repeat must be at least 1")
+
+    codec = EventCodec()
+    entries = [codec.registry.latest(name) for name in codec.registry.names]
+    selected = [e for e in entries if e is not None and (not args.only or e.name in args.only)]
+    if not selected:
+        parser.error(f"no such event: {', '.join(args.only)} (see `eventide schemas list`)")
+
+    results: dict[str, Any] = {}
+    started = time.perf_counter()
+    for n, entry in enumerate(selected, start=1):
+        print(f"[{n}/{len(selected)}] {entry.name} {entry.version} ...", end="", file=sys.stderr)
+        sys.stderr.flush()
+        rates = measure(codec, sample_events(entry, args.events, args.seed), args.repeat)
+        results[entry.name] = {"rates": rates, "ratios": ratios(rates)}
+        print(
+            f" json decode {rates['json decode']:,.0f}/s,"
+            f" avro decode {rates['avro decode']:,.0f}/s",
+            file=sys.stderr,
+        )
+
+    print(_table(results))
+    report = {
+        "benchmark": "codecs",
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "seconds": round(time.perf_counter() - started, 1),
+        "parameters": {"events": args.events, "repeat": args.repeat, "seed": args.seed},
+        "machine": {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "orjson": version("orjson"),
+            "fastavro": version("fastavro"),
+        },
+        "units": "rates in events per second; ratios are rate / ceiling rate of the same run",
+        "results": results,
+    }
+    output = args.output or RESULTS_DIR / f"codecs-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"results written to {output}", file=sys.stderr)
+    return 0
+
+
+def _table(results: dict[str, Any]) -> str:
+    head = (
+        f"{'event':<26}"
+        + "".join(f"{k:>16}" for k in KINDS)
+        + f"{'json/ceil':>11}{'avro/ceil':>11}"
+    )
+    lines = [head, "-" * len(head)]
+    for name, r in results.items():
+        rates, rel = r["rates"], r["ratios"]
+        lines.append(
+            f"{name:<26}"
+            + "".join(f"{rates[k]:>14,.0f}/s" for k in KINDS)
+            + f"{rel['json decode']:>11.2f}{rel['avro decode']:>11.2f}"
+        )
+    lines.append("(rates: events/s, best pass; */ceil: decode rate / orjson.loads rate, same run)")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
