@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from schemas.envelope import decode_envelope
+from schemas.codecs import EventCodec
 from schemas.exceptions import DecodeError, ValidationError
 from streams.engine import BatchContext, Projection
 from streams.settings import Settings
@@ -25,7 +25,8 @@ class CustomersProjection(Projection):
 
     table = TABLE_NAME
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, codec: EventCodec) -> None:
+        self.codec = codec
         self.users_topic = settings.topic(USER_EVENTS.name)
         self.facts_topic = settings.topic(CUSTOMER_FACTS.name)
         self.sources = (self.users_topic, self.facts_topic)
@@ -35,7 +36,7 @@ class CustomersProjection(Projection):
         if record.topic == self.facts_topic:
             self._apply_fact(ctx, record)
             return
-        envelope = decode_envelope(record.value)
+        envelope = self.codec.decode(record.value, record.headers)
         if envelope.name not in USER_EVENT_NAMES:
             raise ValidationError("name", "user.created", envelope.name)
         user_id = envelope.data.get("userId")

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from schemas.envelope import decode_envelope
+from schemas.codecs import EventCodec
 from schemas.exceptions import ValidationError
 from streams.engine import BatchContext, Projection
 from streams.settings import Settings
@@ -27,14 +27,15 @@ class OrdersProjection(Projection):
 
     table = TABLE_NAME
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, codec: EventCodec) -> None:
+        self.codec = codec
         self.sources = (settings.topic(ORDER_EVENTS.name),)
         self.query_topic = self.sources[0]
         self.views_topic = settings.topic(ORDER_VIEWS.name)
         self.facts_topic = settings.topic(CUSTOMER_FACTS.name)
 
     def apply(self, ctx: BatchContext, record: Any) -> None:
-        envelope = decode_envelope(record.value)
+        envelope = self.codec.decode(record.value, record.headers)
         order_id = envelope.data.get("orderId")
         if not isinstance(order_id, str) or not order_id:
             # let the projection name the missing field

@@ -54,13 +54,17 @@ def faust_options(settings: Settings) -> dict[str, Any]:
 def create_app(settings: Settings) -> EventideApp:
     """Build the Faust app with every agent, table and view registered."""
     from agents import CustomersProjection, OrdersProjection
+    from schemas.codecs import EventCodec
     from tables.views import register_views
 
     from .engine import ProjectionEngine
 
+    codec = EventCodec.from_settings(settings)  # loads and checks the schema registry
     app = faust.App(settings.app_id, **faust_options(settings))
     engine = ProjectionEngine(
-        settings, [OrdersProjection(settings), CustomersProjection(settings)], loop=app.loop
+        settings,
+        [OrdersProjection(settings, codec), CustomersProjection(settings, codec)],
+        loop=app.loop,
     )
 
     @app.task

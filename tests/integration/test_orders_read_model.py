@@ -103,7 +103,10 @@ def test_bad_records_are_logged_with_offset_and_skipped(make_settings, worker_fa
     log = worker.output()
     for meta, reason in [
         (sent[0], "DecodeError: value is not valid JSON"),
-        (sent[1], "ValidationError: data.customerId: expected a non-empty string"),
+        (
+            sent[1],
+            "ValidationError: data.customerId: expected a value (required field), got nothing",
+        ),
         (sent[2], "DecodeError: empty record"),
         (sent[4], 'ValidationError: key: expected the order id "o-2"'),
     ]:

@@ -5,6 +5,7 @@ import pytest
 
 from agents.orders import OrdersProjection
 from schemas import ValidationError, encode_envelope, new_event
+from schemas.codecs import EventCodec
 from streams.engine import BatchContext
 from streams.settings import Settings
 from tables.orders import apply_order_event
@@ -100,12 +101,12 @@ def test_bad_data_names_the_field(event, message):
 
 def record(key, event, topic="order-events"):
     return SimpleNamespace(
-        topic=topic, partition=0, offset=0, key=key, value=encode_envelope(event)
+        topic=topic, partition=0, offset=0, key=key, value=encode_envelope(event), headers=()
     )
 
 
 def test_projection_writes_the_view_and_emits_view_and_customer_fact(tmp_path):
-    projection = OrdersProjection(Settings.from_env({}))
+    projection = OrdersProjection(Settings.from_env({}), EventCodec())
     ctx = BatchContext(PartitionStore(tmp_path / "orders-0").begin())
     event = placed()
     projection.apply(ctx, record(b"o-1", event))
@@ -124,7 +125,7 @@ def test_projection_writes_the_view_and_emits_view_and_customer_fact(tmp_path):
 
 
 def test_shipping_changes_nothing_for_the_customer(tmp_path):
-    projection = OrdersProjection(Settings.from_env({}))
+    projection = OrdersProjection(Settings.from_env({}), EventCodec())
     ctx = BatchContext(PartitionStore(tmp_path / "orders-0").begin())
     projection.apply(ctx, record(b"o-1", placed()))
     ctx.outputs.clear()
@@ -133,7 +134,7 @@ def test_shipping_changes_nothing_for_the_customer(tmp_path):
 
 
 def test_projection_refuses_an_event_under_another_key(tmp_path):
-    projection = OrdersProjection(Settings.from_env({}))
+    projection = OrdersProjection(Settings.from_env({}), EventCodec())
     ctx = BatchContext(PartitionStore(tmp_path / "orders-0").begin())
     with pytest.raises(ValidationError, match='key: expected the order id "o-1"'):
         projection.apply(ctx, record(b"o-2", placed()))
