@@ -15,7 +15,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from schemas.envelope import Envelope, encode_envelope, new_event
+from schemas.codecs import CONTENT_TYPE_AVRO, EventCodec
+from schemas.envelope import CONTENT_TYPE_JSON, Envelope, encode_envelope, new_event
 from streams.outputs import BatchSender, KeyPartitioner
 from streams.produce import key_of
 from streams.settings import Settings
@@ -141,16 +142,18 @@ def expected_state(work: Workload) -> tuple[dict[str, dict[str, Any]], dict[str,
     )
 
 
-Encoder = Callable[[Envelope], bytes]
-
-
 async def publish(
     settings: Settings,
     work: Workload,
-    encode: Encoder = encode_envelope,
+    form: str = "json",
     progress: Callable[[int], None] | None = None,
 ) -> int:
-    """Publish the workload (users first) keyed by entity id; returns records sent."""
+    """Publish the workload (users first) keyed by entity id; returns records sent.
+
+    ``form`` is ``json`` or ``avro`` (Confluent wire format, ids from the registry).
+    """
+    codec = EventCodec()
+    content_type = CONTENT_TYPE_AVRO if form == "avro" else CONTENT_TYPE_JSON
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.bootstrap_servers,
         acks="all",
@@ -170,7 +173,9 @@ async def publish(
             for chunk in _chunks(events, 50_000):
                 for e in chunk:
                     key = key_of(e).encode()
-                    await sender.append(topic, partition(key), key, encode(e), e.headers())
+                    value = codec.encode(e, content_type) if form == "avro" else encode_envelope(e)
+                    headers = codec.headers(e, content_type)
+                    await sender.append(topic, partition(key), key, value, headers)
                 await sender.flush()
                 sent += len(chunk)
                 if progress:

@@ -14,7 +14,7 @@ import logging
 import faust
 from faust.worker import Worker
 
-from schemas.envelope import decode_envelope
+from schemas.codecs import EventCodec
 from schemas.exceptions import EventError
 from streams.app import faust_options
 from streams.settings import Settings
@@ -31,12 +31,13 @@ def create_naive_app(settings: Settings) -> faust.App:
         settings.topic(ORDER_EVENTS.name), key_serializer="raw", value_serializer="raw"
     )
     orders = app.Table("orders", default=None, partitions=settings.partitions)
+    codec = EventCodec.from_settings(settings)
 
     @app.agent(topic)
     async def project(stream: faust.StreamT) -> None:
-        async for value in stream:
+        async for record in stream.events():
             try:
-                event = decode_envelope(value)
+                event = codec.decode(record.message.value, record.message.headers)
                 key = event.data.get("orderId")
                 view = apply_order_event(orders.get(key), event)
             except EventError:
