@@ -96,6 +96,12 @@ class Progress:
         self.loop.close()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used (Linux /proc)."""
+    fields_ = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields_[11]) + int(fields_[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_until(
     check: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen[bytes]
 ) -> None:
@@ -142,6 +148,7 @@ def drain_eventide(
     proc = start([sys.executable, "-m", "streams.cli", "worker"], settings, workdir / "worker.log")
     wait_until(lambda: ready(settings), 120, "eventide worker start", proc)
     t_ready = time.monotonic()
+    cpu_ready = cpu_seconds(proc.pid)
     last = [0.0]
 
     def drained() -> bool:
@@ -156,8 +163,11 @@ def drain_eventide(
 
     wait_until(drained, 3600, "eventide drain", proc)
     t_done = time.monotonic()
+    cpu = cpu_seconds(proc.pid) - cpu_ready
     return {
         "proc": proc,
+        "worker_cpu_s": cpu,
+        "worker_cpu_us_per_event": cpu / total * 1e6,
         "start_s": t_ready - launched,
         "drain_s": t_done - t_ready,
         "events_per_s": total / (t_done - t_ready),
@@ -274,7 +284,10 @@ def main(argv: list[str] | None = None) -> int:
         log("eventide: draining")
         progress = Progress(eventide)
         e = drain_eventide(eventide, total, workdir, progress)
-        log(f"eventide: {total:,} events in {e['drain_s']:.1f}s = {e['events_per_s']:,.0f}/s")
+        log(
+            f"eventide: {total:,} events in {e['drain_s']:.1f}s = {e['events_per_s']:,.0f}/s "
+            f"(worker CPU {e['worker_cpu_us_per_event']:.1f} µs/event)"
+        )
         mismatches = verify(eventide, exp_orders, exp_customers, args.verify)
         log(f"verified {2 * args.verify} read models over HTTP: {mismatches} mismatches")
         stop(e.pop("proc"))

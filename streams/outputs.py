@@ -70,16 +70,36 @@ class BatchSender:
         self._pending.append(future)
         self._last[tp] = (future, count)
 
-    async def flush(self) -> dict[tuple[str, int], int]:
-        """Send everything collected; return the offset of the last record per partition."""
+    async def submit(self) -> Submitted:
+        """Hand everything collected to the producer; the acknowledgements come later."""
         for tp, builder in self._builders.items():
             if builder.record_count():
                 await self._submit(tp, builder)
         self._builders.clear()
-        if self._pending:
-            await asyncio.gather(*self._pending)
-        last = {tp: fut.result().offset + count - 1 for tp, (fut, count) in self._last.items()}
-        self._pending.clear()
-        self._last.clear()
+        submitted = Submitted(self._pending, self._last)
+        self._pending = []
+        self._last = {}
         self.records = 0
-        return last
+        return submitted
+
+    async def flush(self) -> dict[tuple[str, int], int]:
+        """Send everything collected; return the offset of the last record per partition."""
+        return await (await self.submit()).acknowledged()
+
+
+class Submitted:
+    """Records handed to the producer, in order per partition, awaiting their acks."""
+
+    def __init__(
+        self,
+        futures: list[asyncio.Future[Any]],
+        last: dict[tuple[str, int], tuple[asyncio.Future[Any], int]],
+    ) -> None:
+        self._futures = futures
+        self._last = last
+
+    async def acknowledged(self) -> dict[tuple[str, int], int]:
+        """Wait for every ack; return the offset of the last record per partition."""
+        if self._futures:
+            await asyncio.gather(*self._futures)
+        return {tp: fut.result().offset + count - 1 for tp, (fut, count) in self._last.items()}

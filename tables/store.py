@@ -69,9 +69,9 @@ class PartitionStore:
         """All recorded offsets."""
         return dict(self._offsets)
 
-    def begin(self) -> Transaction:
-        """A transaction that reads through to this store and writes on commit."""
-        return Transaction(self)
+    def begin(self, parent: Transaction | None = None) -> Transaction:
+        """A transaction that reads through ``parent`` (if any) to this store."""
+        return Transaction(self, parent)
 
     def write(self, values: dict[bytes, bytes | None], offsets: dict[str, int]) -> None:
         """Write encoded values (None deletes) and new offsets in one WriteBatch."""
@@ -109,8 +109,10 @@ class Transaction:
     number of times is stored once and produces one changelog record.
     """
 
-    def __init__(self, store: PartitionStore) -> None:
+    def __init__(self, store: PartitionStore, parent: Transaction | None = None) -> None:
         self.store = store
+        self.parent = parent
+        """An earlier transaction not yet written to the store, read before it."""
         self.updates: dict[bytes, Any] = {}
         self.offsets: dict[str, int] = {}
         self._raw: dict[bytes, bytes] = {}
@@ -119,6 +121,9 @@ class Transaction:
         """The value as of this transaction."""
         if key in self.updates:
             return self.updates[key]
+        parent = self.parent
+        if parent is not None and key in parent.updates:
+            return parent.updates[key]
         return self.store.get(key)
 
     def set(self, key: bytes, value: Any, encoded: bytes | None = None) -> None:
@@ -148,3 +153,4 @@ class Transaction:
     def commit(self, encoded: dict[bytes, bytes | None] | None = None) -> None:
         """Write the updates and offsets to the store in one WriteBatch."""
         self.store.write(self.encoded() if encoded is None else encoded, self.offsets)
+        self.parent = None
