@@ -17,7 +17,7 @@ inside the Faust app as a service and does, per batch:
 5. write the transaction to RocksDB in one ``WriteBatch`` with those offsets;
 6. commit the consumer offsets.
 
-Steps 4–6 of one batch overlap step 1–3 of the next (pipelining one batch
+Steps 4 to 6 of one batch overlap steps 1 to 3 of the next (pipelining one batch
 deep); the next batch reads the in-flight batch's changes from its transaction.
 
 A crash anywhere leaves the changelog at or ahead of the local store; on
@@ -108,6 +108,19 @@ class _InFlight:
     submitted: Submitted
 
 
+def apply_changelog(store: PartitionStore, records: list[ConsumerRecord[Any, Any]]) -> None:
+    """Write changelog records (data and offsets meta) to a store in one WriteBatch."""
+    values: dict[bytes, bytes | None] = {}
+    offsets: dict[str, int] = {}
+    for record in records:
+        if record.key == OFFSETS_KEY:
+            offsets.update(orjson.loads(record.value))
+        elif record.key is not None:
+            values[record.key] = record.value
+    offsets[CHANGELOG] = records[-1].offset
+    store.write(values, offsets)
+
+
 class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, engine: ProjectionEngine) -> None:
         self.engine = engine
@@ -129,6 +142,8 @@ class ProjectionEngine(Service):
         self.by_topic = {t: p for p in self.projections for t in p.sources}
         self.by_table = {p.table: p for p in self.projections}
         self.stores: dict[tuple[str, int], PartitionStore] = {}
+        self.standby_stores: dict[tuple[str, int], PartitionStore] = {}
+        """Warm copies of partitions other workers own (EVENTIDE_STANDBY_REPLICAS)."""
         self.assignor = HostAwareRangeAssignor(settings.web_url)
         self.ready = False
         self.partitioner = KeyPartitioner(settings.partitions)
@@ -199,9 +214,10 @@ class ProjectionEngine(Service):
                 await self._consumer.stop()  # leaves the group: partitions move at once
             if self._producer is not None:
                 await self._producer.stop()
-            for store in self.stores.values():
+            for store in [*self.stores.values(), *self.standby_stores.values()]:
                 store.close()
             self.stores.clear()
+            self.standby_stores.clear()
 
     @Service.task
     async def _run(self) -> None:
@@ -316,7 +332,9 @@ class ProjectionEngine(Service):
                 {(self.by_topic[tp.topic].table, tp.partition) for tp in assigned}
             ):
                 if (table, partition) not in self.stores:
-                    store = PartitionStore(self.store_path(table, partition), self.rocksdb)
+                    store = self.standby_stores.pop((table, partition), None) or PartitionStore(
+                        self.store_path(table, partition), self.rocksdb
+                    )
                     restored += await self._recover(table, partition, store)
                     self.stores[(table, partition)] = store
             for tp in assigned:
@@ -355,19 +373,11 @@ class ProjectionEngine(Service):
             position = start
             while position < end:
                 got = await reader.getmany(tp, timeout_ms=1000, max_records=20_000)
-                values: dict[bytes, bytes | None] = {}
-                offsets: dict[str, int] = {}
-                for record in got.get(tp, []):
-                    if record.offset >= end:
-                        break
-                    if record.key == OFFSETS_KEY:
-                        offsets.update(orjson.loads(record.value))
-                    elif record.key is not None:
-                        values[record.key] = record.value
-                    position = record.offset + 1
-                    count += 1
-                offsets[CHANGELOG] = position - 1
-                store.write(values, offsets)
+                records = [r for r in got.get(tp, []) if r.offset < end]
+                if records:
+                    apply_changelog(store, records)
+                    position = records[-1].offset + 1
+                    count += len(records)
             logger.info("restored %s[%d]: %d records", topic, partition, count)
             return count
         finally:
@@ -395,6 +405,73 @@ class ProjectionEngine(Service):
                         raise RuntimeError(f"could not create changelog {name!r}: {message}")
         finally:
             await admin.close()
+
+    # -- standby replicas ----------------------------------------------------
+
+    def standby_targets(self) -> set[tuple[str, int]]:
+        """Table partitions this worker keeps warm: those owned by the next
+        ``standby_replicas`` workers before it in URL order."""
+        replicas = self.settings.standby_replicas
+        urls = sorted(self.assignor.hosts)
+        me = self.settings.web_url
+        if replicas == 0 or me not in urls or len(urls) < 2:
+            return set()
+        targets = set()
+        i = urls.index(me)
+        owners = {urls[(i - k) % len(urls)] for k in range(1, min(replicas, len(urls) - 1) + 1)}
+        for projection in self.projections:
+            for url in owners:
+                for partition in self.assignor.hosts[url].get(projection.query_topic, ()):
+                    targets.add((projection.table, partition))
+        return targets - set(self.stores)
+
+    @Service.task
+    async def _standby(self) -> None:
+        if self.settings.standby_replicas == 0:
+            return
+        table_of = {self.changelog_topic(p.table): p.table for p in self.projections}
+        reader = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap_servers,
+            client_id=f"{self.group_id}-standby",
+            enable_auto_commit=False,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+        )
+        await reader.start()
+        current: set[tuple[str, int]] = set()
+        try:
+            while not self.should_stop:
+                wanted = self.standby_targets() if self.ready else current
+                if wanted != current:
+                    async with self._lock:
+                        for key in current - wanted:
+                            store = self.standby_stores.pop(key, None)
+                            if store is not None:
+                                store.close()
+                        for key in wanted - current:
+                            if key not in self.stores and key not in self.standby_stores:
+                                self.standby_stores[key] = PartitionStore(
+                                    self.store_path(*key), self.rocksdb
+                                )
+                        tps = {
+                            TopicPartition(self.changelog_topic(t), p): (t, p)
+                            for t, p in self.standby_stores
+                        }
+                        reader.assign(list(tps))
+                        for tp, key in tps.items():
+                            reader.seek(tp, self.standby_stores[key].offset(CHANGELOG) + 1)
+                    current = wanted
+                    logger.info("standby for %s", sorted(f"{t}[{p}]" for t, p in current))
+                if not current:
+                    await asyncio.sleep(1.0)
+                    continue
+                got = await reader.getmany(timeout_ms=500, max_records=20_000)
+                async with self._lock:
+                    for tp, records in got.items():
+                        store = self.standby_stores.get((table_of[tp.topic], tp.partition))
+                        if store is not None and records:
+                            apply_changelog(store, records)
+        finally:
+            await reader.stop()
 
     # -- queries -------------------------------------------------------------
 

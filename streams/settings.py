@@ -102,6 +102,10 @@ class Settings:
     batch_max_wait_ms: int = 100
     """EVENTIDE_BATCH_MAX_WAIT_MS: longest wait for records before a batch is cut."""
 
+    standby_replicas: int = 0
+    """EVENTIDE_STANDBY_REPLICAS: other workers that keep a warm copy of each table
+    partition by following its changelog, so a failover restores only the tail."""
+
     session_timeout_ms: int = 10_000
     """EVENTIDE_SESSION_TIMEOUT_MS: how long a silent worker keeps its partitions
     before the group gives them to the others (Kafka's session.timeout.ms)."""
@@ -295,6 +299,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "batch_max_records": _int(1, 1_000_000),
     "batch_max_wait_ms": _int(0, 60_000),
     "session_timeout_ms": _int(6_000, 300_000),
+    "standby_replicas": _int(0, 3),
     "database_url": _database_url,
     "api_host": _str,
     "api_port": _int(1, 65535),

@@ -50,6 +50,7 @@ def register_views(app: faust.App, engine: ProjectionEngine) -> None:
             body = {
                 "status": "ready" if engine.ready else "starting",
                 "partitions": sorted(f"{t}[{p}]" for t, p in engine.stores),
+                "standbys": sorted(f"{t}[{p}]" for t, p in engine.standby_stores),
                 "eventsProcessed": engine.events_processed,
             }
             return self.json(body, status=200 if engine.ready else 503)

@@ -77,3 +77,50 @@ def _env(settings: Settings) -> dict[str, str]:
     from tests.fixtures.worker import settings_env
 
     return settings_env(settings)
+
+
+def test_standby_replica_keeps_a_warm_copy_for_failover(make_settings, worker_factory):
+    first = make_settings(
+        EVENTIDE_PARTITIONS="4", EVENTIDE_SESSION_TIMEOUT_MS="6000", EVENTIDE_STANDBY_REPLICAS="1"
+    )
+    second = Settings.from_env(
+        {
+            **_env(first),
+            "EVENTIDE_WEB_PORT": str(first.web_port + 1),
+            "EVENTIDE_DATA_DIR": str(first.data_dir) + "-b",
+        }
+    )
+    work = make_workload(orders=3000, customers=400, seed=53, duplicate_rate=0.0)
+    asyncio.run(ensure_topics(first))
+    exp_orders, exp_customers = expected_state(work)
+    a = worker_factory(first).start()
+    b = worker_factory(second).start()
+    publish_slowly(first, work, chunks=2, pause=0.1).join(60)
+    wait_drained(first)
+
+    def health(s: Settings) -> dict:
+        return fetch_json(f"{s.web_url}/health")[1]
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (
+        health(first)["standbys"] and health(second)["standbys"]
+    ):
+        time.sleep(0.5)
+    ha, hb = health(first), health(second)
+    # each worker keeps warm exactly the partitions the other one owns
+    assert ha["standbys"] == hb["partitions"] and hb["standbys"] == ha["partitions"]
+    time.sleep(2)  # let the standby catch up with the last changelog records
+
+    b.kill()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(health(first).get("partitions", [])) < 8:
+        time.sleep(0.5)
+    assert audit(first.web_url, exp_orders, "orders") == {}
+    assert audit(first.web_url, exp_customers, "customers") == {}
+    # the takeover replayed only the changelog tail the standby had not yet seen
+    restored = [
+        int(line.rsplit(": ", 1)[1].split()[0])
+        for line in a.output().splitlines()
+        if "restored " in line and "-changelog[" in line
+    ]
+    assert sum(restored) < len(exp_orders) // 10, restored
