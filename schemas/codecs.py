@@ -21,6 +21,7 @@ library exception escapes.
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -29,6 +30,7 @@ from typing import Any
 import orjson
 from fastavro import schemaless_reader, schemaless_writer
 
+from .avro_reader import MalformedAvro, Read, Unsupported, compile_reader, read_value
 from .envelope import CONTENT_TYPE_JSON, Envelope, build_envelope
 from .exceptions import (
     MISSING,
@@ -51,6 +53,8 @@ CONTENT_TYPE_AVRO = "application/avro"
 
 Headers = Mapping[str, Any] | Iterable[tuple[str, Any]] | None
 """Kafka headers: aiokafka's ``[(key, value), ...]`` or a mapping; values bytes or str."""
+
+logger = logging.getLogger(__name__)
 
 _PLAN_CACHE_LIMIT = 4096
 fromisoformat = datetime.fromisoformat
@@ -82,6 +86,8 @@ class _ReadPlan:
     """The envelope's version after decoding; None to keep the producer's."""
     written: str = ""
     """For Avro: ``major.minor.0`` of the writer schema, the version most records carry."""
+    read: Read | None = None
+    """For Avro: the compiled decoder of writer to :attr:`reader`; None to use fastavro."""
 
 
 class EventCodec:
@@ -191,20 +197,18 @@ class EventCodec:
         schema_id = int.from_bytes(value[1:5], "big")
         cached = self._avro_plans.get(schema_id)
         writer, plan = cached if cached is not None else self._avro_plan(schema_id)
-        fo = io.BytesIO(value)
-        fo.seek(5)
-        try:
-            if plan.reader is writer:
-                doc = schemaless_reader(fo, writer.parsed, None)
-            else:
-                doc = schemaless_reader(fo, writer.parsed, plan.reader.parsed)
-        except Exception as exc:  # fastavro raises many kinds on malformed input
+        read = plan.read
+        if read is not None:
+            raw = value if type(value) is bytes else bytes(value)
+            try:
+                doc, end = read_value(read, raw, 5)
+            except MalformedAvro as exc:
+                raise DecodeError(f"value is not a valid Avro record of {writer}: {exc}") from exc
+        else:
+            doc, end = _fastavro_read(value, writer, plan.reader)
+        if end != len(value):
             raise DecodeError(
-                f"value is not a valid Avro record of {writer}: {type(exc).__name__}: {exc}"
-            ) from exc
-        if fo.tell() != len(value):
-            raise DecodeError(
-                f"{len(value) - fo.tell()} bytes left after the Avro record of {writer}: "
+                f"{len(value) - end} bytes left after the Avro record of {writer}: "
                 "the data does not match its schema id"
             )
         if not isinstance(doc, dict):  # pragma: no cover - the wire schema is a record
@@ -337,7 +341,14 @@ class EventCodec:
         writer = self.registry.by_id(schema_id)
         reader = self._reader(writer.name, writer.version, writer.major)
         plan = self._plan(reader, self._normalize[reader.id], keep_version=reader is writer)
-        plan = replace(plan, written=f"{writer.version}.0")
+        try:
+            read: Read | None = compile_reader(
+                writer.wire, None if reader is writer else reader.wire
+            )
+        except Unsupported as exc:
+            logger.info("%s read as %s with fastavro: %s", writer, reader, exc)
+            read = None
+        plan = replace(plan, written=f"{writer.version}.0", read=read)
         self._avro_plans[schema_id] = (writer, plan)
         return writer, plan
 
@@ -434,6 +445,21 @@ class EventCodec:
         return build_envelope(
             event_id, name, timestamp, version, source, correlation_id, causation_id, data
         )
+
+
+def _fastavro_read(
+    value: bytes | bytearray | memoryview, writer: SchemaEntry, reader: SchemaEntry
+) -> tuple[Any, int]:
+    """The record decoded by fastavro (pairs :mod:`schemas.avro_reader` does not compile)."""
+    fo = io.BytesIO(value)
+    fo.seek(5)
+    try:
+        doc = schemaless_reader(fo, writer.parsed, None if reader is writer else reader.parsed)
+    except Exception as exc:  # fastavro raises many kinds on malformed input
+        raise DecodeError(
+            f"value is not a valid Avro record of {writer}: {type(exc).__name__}: {exc}"
+        ) from exc
+    return doc, fo.tell()
 
 
 _FORMS: dict[bytes | str, str] = {}
