@@ -163,8 +163,12 @@ async def _drive(url: str, commands: int, concurrency: int, tag: str) -> tuple[l
         return latencies, time.perf_counter() - started
 
 
-async def _relay_lags(settings: Settings, expected: int, timeout: float = 120) -> list[float]:
-    """Seconds from each event's timestamp to its broker append time."""
+async def _relay_lags(
+    settings: Settings, expected: int, prefix: str, timeout: float = 120
+) -> list[float]:
+    """Seconds from each event's timestamp to its broker append time, for the
+    events of orders whose id starts with ``prefix`` (the measured run, not the
+    warm-up, whose first events wait for the relay to connect)."""
     topics = [settings.topic(ORDER_EVENTS.name)]
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
     await consumer.start()
@@ -179,6 +183,8 @@ async def _relay_lags(settings: Settings, expected: int, timeout: float = 120) -
             for records in batch.values():
                 for r in records:
                     event = decode_envelope(r.value)
+                    if not event.data["orderId"].startswith(prefix):
+                        continue
                     ts = datetime.fromisoformat(event.timestamp).timestamp()
                     lags.setdefault(event.id, r.timestamp / 1000 - ts)
     finally:
@@ -221,7 +227,7 @@ async def run_backend(
         await _drive(url, min(600, args.commands), args.concurrency, f"warm-{tag}")
         print(f"{backend}: {args.commands} commands, {args.concurrency} clients", file=sys.stderr)
         latencies, seconds = await _drive(url, args.commands, args.concurrency, f"run-{tag}")
-        lags = await _relay_lags(settings, expected=len(latencies) + min(600, args.commands))
+        lags = await _relay_lags(settings, expected=len(latencies), prefix=f"run-{tag}")
     finally:
         for child in (proc, relay):
             if child is not None:

@@ -148,6 +148,66 @@ def topics() -> None:
     click.echo(f"created: {', '.join(created)}" if created else "all topics exist")
 
 
+@main.command("api")
+@_fail_cleanly
+def api_command() -> None:
+    """Serve the command HTTP API (EVENTIDE_API_PORT); OpenAPI at /docs.
+
+    With EVENTIDE_API_RELAY=true (the default) the outbox relay runs inside it.
+    """
+    from api.app import run_api
+
+    s = _settings()
+    _logging(s)
+    run_api(s)
+
+
+@main.command("relay")
+@_fail_cleanly
+def relay_command() -> None:
+    """Publish the command API's outbox to Kafka (several may run at once)."""
+    import asyncio
+
+    from api.relay import run_relay
+
+    s = _settings()
+    _logging(s)
+    asyncio.run(run_relay(s))
+
+
+@main.command("history")
+@click.argument("entity_id")
+@click.option("--json", "as_json", is_flag=True, help="One JSON envelope per line.")
+@_fail_cleanly
+def history_command(entity_id: str, as_json: bool) -> None:
+    """Print an entity's events in order, read from its topic (key = ENTITY_ID)."""
+    import asyncio
+
+    from api.history import entity_history
+    from schemas.envelope import encode_envelope
+
+    s = _settings()
+    entries = asyncio.run(entity_history(s, entity_id))
+    if not entries:
+        click.echo(
+            f"no events keyed {entity_id!r} on {s.topic('user-events')}, {s.topic('order-events')}",
+            err=True,
+        )
+        sys.exit(1)
+    for e in entries:
+        if as_json:
+            if e.event is not None:
+                click.echo(encode_envelope(e.event).decode())
+            continue
+        where = f"{e.topic}[{e.partition}]@{e.offset}"
+        if e.event is None:
+            click.echo(f"{where}  undecodable: {e.error}")
+            continue
+        ev = e.event
+        data = " ".join(f"{k}={v}" for k, v in ev.data.items() if k not in ("orderId", "userId"))
+        click.echo(f"{where}  {ev.timestamp}  {ev.name:<24} id={ev.id}  {data}")
+
+
 @main.group("schemas")
 def schemas_group() -> None:
     """Event schemas: the registry in schemas/ and the evolution rules."""

@@ -1,3 +1,3 @@
 """Shared fixtures; per-area fixture modules are loaded as plugins."""
 
-pytest_plugins = ["tests.fixtures.broker", "tests.fixtures.worker"]
+pytest_plugins = ["tests.fixtures.broker", "tests.fixtures.postgres", "tests.fixtures.worker"]

@@ -1,0 +1,86 @@
+"""Request bodies of the command API: what a valid command looks like.
+
+Strict types (a quantity of ``"2"`` is refused, not coerced) and no unknown
+fields, so a typo comes back as a 422 naming the field instead of being
+silently dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+EntityId = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,99}$", strict=True)
+]
+"""Ids of users, orders, payments: 1-100 letters, digits and ``._:@-``."""
+Text = Annotated[str, StringConstraints(min_length=1, max_length=500, strip_whitespace=True)]
+
+
+class Command(BaseModel):
+    """Common configuration: strict types, unknown fields refused."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class CreateUser(Command):
+    """``POST /users`` → ``user.created``."""
+
+    userId: EntityId | None = None
+    """Id of the new user; generated (``u-<uuid>``) when absent."""
+    email: Annotated[str, StringConstraints(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=254)]
+    """E-mail address, ``name@domain.tld``."""
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+    """Display name."""
+
+
+class OrderLine(Command):
+    """One line of an order."""
+
+    sku: EntityId
+    """Stock-keeping unit."""
+    quantity: int = Field(gt=0, le=10_000)
+    """How many, 1..10000."""
+    unitPrice: float = Field(ge=0, le=1_000_000)
+    """Price of one unit in the order's currency."""
+
+
+class PlaceOrder(Command):
+    """``POST /orders`` → ``order.placed``."""
+
+    orderId: EntityId | None = None
+    """Id of the new order; generated (``o-<uuid>``) when absent."""
+    customerId: EntityId
+    """The customer (a userId)."""
+    items: list[OrderLine] = Field(min_length=1, max_length=100)
+    """1..100 order lines."""
+    currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")] = "EUR"
+    """ISO 4217 code."""
+    totalAmount: float | None = Field(default=None, ge=0)
+    """Optional check: when given it must equal the sum of the lines."""
+
+
+class ConfirmPayment(Command):
+    """``POST /orders/{orderId}/payment`` → ``order.payment_confirmed``."""
+
+    paymentId: EntityId
+    """Id of the payment at the payment provider."""
+    amount: float | None = Field(default=None, gt=0)
+    """Amount paid; must equal the order total (defaults to it)."""
+
+
+class ShipOrder(Command):
+    """``POST /orders/{orderId}/shipment`` → ``order.shipped``."""
+
+    trackingNumber: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    """Carrier tracking number."""
+    carrier: Annotated[str, StringConstraints(min_length=1, max_length=50)]
+    """Carrier name."""
+
+
+class CancelOrder(Command):
+    """``POST /orders/{orderId}/cancel`` → ``order.cancelled``."""
+
+    reason: Text
+    """Why the order is cancelled."""

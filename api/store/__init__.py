@@ -1,0 +1,52 @@
+"""Outbox stores: SQLite by default, PostgreSQL when EVENTIDE_DATABASE_URL says so."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from streams.settings import Settings
+
+from .base import (
+    SHARDS,
+    Claim,
+    CommandOutcome,
+    Decider,
+    IdempotencyKey,
+    OutboxRow,
+    OutboxStore,
+    fingerprint,
+)
+from .postgres import PostgresStore
+from .sqlite import SqliteStore
+
+__all__ = [
+    "SHARDS",
+    "Claim",
+    "CommandOutcome",
+    "Decider",
+    "IdempotencyKey",
+    "OutboxRow",
+    "OutboxStore",
+    "PostgresStore",
+    "SqliteStore",
+    "fingerprint",
+    "store_for",
+]
+
+
+def sqlite_path(settings: Settings) -> Path | None:
+    """The SQLite file the settings name, or None for PostgreSQL."""
+    url = settings.database_url.reveal()
+    if not url:
+        return settings.state_dir / "outbox.sqlite3"
+    if url.startswith("sqlite://"):
+        return Path(url.removeprefix("sqlite://"))  # sqlite:///abs/file, sqlite://rel/file
+    return None
+
+
+def store_for(settings: Settings) -> OutboxStore:
+    """The store EVENTIDE_DATABASE_URL configures (not opened yet)."""
+    path = sqlite_path(settings)
+    if path is not None:
+        return SqliteStore(path)
+    return PostgresStore(settings.database_url.reveal())

@@ -1,0 +1,269 @@
+"""The PostgreSQL outbox store (``EVENTIDE_DATABASE_URL=postgresql://...``).
+
+Commands run in READ COMMITTED transactions from a connection pool; two
+commands racing on one entity both try to insert the same ``(stream, seq)``
+and the loser's unique violation becomes a :class:`ConcurrencyError`, which
+the service retries against the new state.
+
+Relays claim shards of the outbox with transaction-scoped advisory locks
+(``pg_try_advisory_xact_lock``): the relay holding a shard's lock is the only
+one reading its rows until it commits the rows it published. A relay that
+dies loses its connection, so its transaction rolls back and its locks go
+with it; the rows stay pending for the next relay.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import orjson
+
+from schemas.envelope import Envelope, decode_envelope, encode_envelope
+from streams.produce import key_of
+
+from ..exceptions import ConcurrencyError, IdempotencyKeyReusedError, StoreError
+from .base import (
+    SHARDS,
+    Claim,
+    CommandOutcome,
+    Decider,
+    IdempotencyKey,
+    OutboxRow,
+    OutboxStore,
+    answer,
+    shard_of,
+)
+
+logger = logging.getLogger(__name__)
+
+LOCK_CLASS = 0x0E7E
+"""First key of Eventide's advisory locks (the second is the shard)."""
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS events (
+        stream TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        event_id TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL,
+        body BYTEA NOT NULL,
+        recorded_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (stream, seq))""",
+    """CREATE TABLE IF NOT EXISTS outbox (
+        id BIGSERIAL PRIMARY KEY,
+        event_id TEXT NOT NULL,
+        topic TEXT NOT NULL,
+        key TEXT NOT NULL,
+        shard INTEGER NOT NULL,
+        value BYTEA NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        published_at DOUBLE PRECISION)""",
+    """CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (shard, id)
+        WHERE published_at IS NULL""",
+    """CREATE INDEX IF NOT EXISTS outbox_published ON outbox (published_at)
+        WHERE published_at IS NOT NULL""",
+    """CREATE TABLE IF NOT EXISTS idempotency (
+        key TEXT PRIMARY KEY,
+        fingerprint TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        body BYTEA NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL)""",
+]
+
+APPEND = """
+WITH e AS (
+    INSERT INTO events (stream, seq, event_id, name, body, recorded_at)
+    VALUES ($1, $2, $3, $4, $5, $6)
+)
+INSERT INTO outbox (event_id, topic, key, shard, value, created_at)
+VALUES ($3, $7, $8, $9, $5, $6)
+"""
+
+LOCK_SHARDS = """
+SELECT c.shard FROM (
+    SELECT s.shard FROM generate_series(0, $1 - 1) AS s(shard)
+    WHERE EXISTS (SELECT 1 FROM outbox o WHERE o.shard = s.shard AND o.published_at IS NULL)
+    ORDER BY random() LIMIT $3
+) AS c
+WHERE pg_try_advisory_xact_lock($2, c.shard)
+"""
+SHARDS_PER_CLAIM = SHARDS // 2
+"""A claim tries this many of the shards with pending rows, picked at random, so
+that relays running side by side share the work instead of queueing."""
+
+PENDING = """
+SELECT id, event_id, topic, key, value, created_at FROM outbox
+WHERE published_at IS NULL AND shard = ANY($1::int[])
+ORDER BY id LIMIT $2
+"""
+
+
+class PostgresStore(OutboxStore):
+    """Outbox store in a PostgreSQL database."""
+
+    kind = "postgresql"
+
+    def __init__(self, url: str, pool_size: int = 10) -> None:
+        self._url = url
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+
+    def __repr__(self) -> str:
+        from streams.settings import SecretUrl
+
+        return f"PostgresStore({str(SecretUrl(self._url))!r})"
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise StoreError(f"{self!r} is not open")
+        return self._pool
+
+    async def open(self) -> None:
+        try:
+            self._pool = await asyncpg.create_pool(
+                self._url,
+                min_size=1,
+                max_size=self._pool_size,
+                command_timeout=60,
+                reset=_keep_session,
+            )
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise StoreError(
+                f"cannot connect to PostgreSQL at {self!r} (EVENTIDE_DATABASE_URL): {exc}"
+            ) from exc
+        async with self.pool.acquire() as conn, conn.transaction():
+            # Several processes may start at once: create the schema one at a time.
+            await conn.execute(f"SELECT pg_advisory_xact_lock({LOCK_CLASS}, -1)")
+            for statement in SCHEMA:
+                await conn.execute(statement)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def execute(
+        self, stream: str, topic: str, decide: Decider, idempotency: IdempotencyKey | None
+    ) -> CommandOutcome:
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                return await self._execute(conn, stream, topic, decide, idempotency)
+        except asyncpg.UniqueViolationError as exc:
+            raise ConcurrencyError(f"{stream}: another command committed first ({exc})") from exc
+        except (OSError, asyncpg.PostgresConnectionError) as exc:
+            raise StoreError(f"PostgreSQL {self!r}: {exc}") from exc
+
+    async def _execute(
+        self,
+        conn: Any,
+        stream: str,
+        topic: str,
+        decide: Decider,
+        idem: IdempotencyKey | None,
+    ) -> CommandOutcome:
+        now = time.time()
+        if idem is not None:
+            # Claim the key first: a concurrent request with the same key waits
+            # here until this transaction ends, then finds its stored answer.
+            inserted = await conn.execute(
+                "INSERT INTO idempotency (key, fingerprint, status, body, created_at)"
+                " VALUES ($1, $2, 0, ''::bytea, $3) ON CONFLICT (key) DO NOTHING",
+                idem.key,
+                idem.fingerprint,
+                now,
+            )
+            if inserted == "INSERT 0 0":
+                row = await conn.fetchrow(
+                    "SELECT fingerprint, status, body FROM idempotency WHERE key = $1", idem.key
+                )
+                if row["fingerprint"] != idem.fingerprint:
+                    raise IdempotencyKeyReusedError(
+                        f"Idempotency-Key {idem.key!r} was first used with another request; "
+                        "send a new key for a new request"
+                    )
+                return CommandOutcome(row["status"], orjson.loads(row["body"]), replayed=True)
+        rows = await conn.fetch("SELECT body FROM events WHERE stream = $1 ORDER BY seq", stream)
+        history = [decode_envelope(r["body"]) for r in rows]
+        decision = decide(history)
+        for seq, event in enumerate(decision.events, start=len(history) + 1):
+            key = key_of(event)
+            await conn.execute(
+                APPEND,
+                stream,
+                seq,
+                event.id,
+                event.name,
+                encode_envelope(event),
+                now,
+                topic,
+                key,
+                shard_of(key),
+            )
+        body = answer(decision)
+        if idem is not None:
+            await conn.execute(
+                "UPDATE idempotency SET status = $2, body = $3 WHERE key = $1",
+                idem.key,
+                201,
+                orjson.dumps(body),
+            )
+        return CommandOutcome(201, body)
+
+    async def load_stream(self, stream: str) -> list[Envelope]:
+        rows = await self.pool.fetch(
+            "SELECT body FROM events WHERE stream = $1 ORDER BY seq", stream
+        )
+        return [decode_envelope(r["body"]) for r in rows]
+
+    @asynccontextmanager
+    async def claim(self, relay_id: str, limit: int) -> AsyncIterator[Claim]:
+        async with self.pool.acquire() as conn:
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                locked = await conn.fetch(LOCK_SHARDS, SHARDS, LOCK_CLASS, SHARDS_PER_CLAIM)
+                shards = [r["shard"] for r in locked]
+                # A new statement, so a new snapshot: it sees every row that the
+                # previous holder of these locks marked before it let them go.
+                rows = await conn.fetch(PENDING, shards, limit) if shards else []
+                claim = Claim([OutboxRow(*r) for r in rows])
+                yield claim
+            except BaseException:
+                await tx.rollback()
+                raise
+            if claim.published:
+                await conn.execute(
+                    "UPDATE outbox SET published_at = $1 WHERE id = ANY($2::bigint[])",
+                    time.time(),
+                    claim.published,
+                )
+            await tx.commit()
+
+    async def release(self, relay_id: str) -> None:
+        """Nothing to do: advisory locks end with each claim's transaction."""
+
+    async def cleanup(self, older_than: float) -> int:
+        async with self.pool.acquire() as conn, conn.transaction():
+            status = await conn.execute(
+                "DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < $1",
+                older_than,
+            )
+            await conn.execute("DELETE FROM idempotency WHERE created_at < $1", older_than)
+        return int(status.split()[-1])
+
+    async def outbox_counts(self) -> dict[str, int]:
+        row = await self.pool.fetchrow(
+            "SELECT COUNT(*) - COUNT(published_at) AS pending, COUNT(published_at) AS published"
+            " FROM outbox"
+        )
+        return {"pending": row["pending"], "published": row["published"]}
+
+
+async def _keep_session(conn: Any) -> None:
+    """Skip asyncpg's reset round trip on every release: this store leaves no
+    session state behind (only transaction-scoped locks, no LISTEN, no cursors)."""
