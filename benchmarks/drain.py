@@ -41,6 +41,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from streams import devbroker
 from streams.demo import fetch_json
+from streams.failures import retry_topic
 from streams.settings import Settings
 from streams.topics import CUSTOMER_FACTS, ORDER_EVENTS, USER_EVENTS, ensure_topics
 
@@ -138,14 +139,20 @@ def ready(settings: Settings) -> bool:
 
 
 def drain_eventide(
-    settings: Settings, total: int, workdir: Path, progress: Progress
+    settings: Settings,
+    total: int,
+    workdir: Path,
+    progress: Progress,
+    command: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Start a worker, time the drain of both read models."""
+    """Start a worker, time the drain of both read models (and of the retry topics)."""
     group = settings.projection_group
     sources = [settings.topic(ORDER_EVENTS.name), settings.topic(USER_EVENTS.name)]
     facts = [settings.topic(CUSTOMER_FACTS.name)]
+    facts += [retry_topic(t) for t in sources + facts]
     launched = time.monotonic()
-    proc = start([sys.executable, "-m", "streams.cli", "worker"], settings, workdir / "worker.log")
+    command = command or [sys.executable, "-m", "streams.cli", "worker"]
+    proc = start(command, settings, workdir / "worker.log")
     wait_until(lambda: ready(settings), 120, "eventide worker start", proc)
     t_ready = time.monotonic()
     cpu_ready = cpu_seconds(proc.pid)
@@ -229,6 +236,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--verify", type=int, default=2000, help="read models checked per table")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument(
+        "--fail-rate",
+        type=float,
+        default=0.0,
+        help="share of orders whose order.placed fails 3 times before it applies "
+        "(runs benchmarks.flaky_worker, with 200 ms retry backoff)",
+    )
+    ap.add_argument(
         "--format",
         choices=["avro", "json"],
         default="avro",
@@ -256,13 +270,14 @@ def main(argv: list[str] | None = None) -> int:
                 "EVENTIDE_DATA_DIR": str(workdir / app),
                 "EVENTIDE_WEB_PORT": str(port),
                 "EVENTIDE_LOG_LEVEL": "info",
+                "EVENTIDE_RETRY_BACKOFF_MS": "200",
             }
         )
 
     eventide, naive = settings("eventide", 36066), settings("naive", 36067)
     try:
         log(f"generating {args.orders:,} orders for {args.customers:,} customers")
-        work = make_workload(args.orders, args.customers, seed=args.seed)
+        work = make_workload(args.orders, args.customers, seed=args.seed, flaky_rate=args.fail_rate)
         total = len(work.users) + len(work.orders)
         asyncio.run(ensure_topics(eventide))
         t = time.monotonic()
@@ -283,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
 
         log("eventide: draining")
         progress = Progress(eventide)
-        e = drain_eventide(eventide, total, workdir, progress)
+        flaky = [sys.executable, "-m", "benchmarks.flaky_worker"] if args.fail_rate else None
+        e = drain_eventide(eventide, total, workdir, progress, flaky)
         log(
             f"eventide: {total:,} events in {e['drain_s']:.1f}s = {e['events_per_s']:,.0f}/s "
             f"(worker CPU {e['worker_cpu_us_per_event']:.1f} µs/event)"
@@ -325,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "events": total,
         "format": args.format,
+        "fail_rate": args.fail_rate,
         "orders": args.orders,
         "customers": args.customers,
         "partitions": args.partitions,

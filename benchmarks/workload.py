@@ -45,9 +45,17 @@ class Workload:
 
 
 def make_workload(
-    orders: int, customers: int, seed: int = 1, duplicate_rate: float = 0.02
+    orders: int,
+    customers: int,
+    seed: int = 1,
+    duplicate_rate: float = 0.02,
+    flaky_rate: float = 0.0,
 ) -> Workload:
-    """Lifecycles of ``orders`` orders over ``customers`` customers."""
+    """Lifecycles of ``orders`` orders over ``customers`` customers.
+
+    ``flaky_rate`` of the orders are placed in currency ``FLK``, which the
+    worker of benchmarks/flaky_worker.py fails three times before applying.
+    """
     rng = random.Random(seed)
     base = datetime(2026, 11, 1, tzinfo=UTC)
     tag = f"{seed:x}"
@@ -73,7 +81,7 @@ def make_workload(
                 "customerId": f"c-{tag}-{rng.randrange(customers)}",
                 "items": [{"sku": s, "quantity": q, "unitPrice": p} for s, q, p in lines],
                 "totalAmount": total,
-                "currency": "EUR",
+                "currency": "FLK" if rng.random() < flaky_rate else "EUR",
             },
             source="order-service",
             timestamp=when,

@@ -6,6 +6,7 @@ import-time side effects or autodiscovery.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,24 +54,35 @@ def faust_options(settings: Settings) -> dict[str, Any]:
 
 def create_app(settings: Settings) -> EventideApp:
     """Build the Faust app with every agent, table and view registered."""
-    from agents import CustomersProjection, OrdersProjection
+    from agents import CustomersProjection, NotificationsProjection, OrdersProjection
     from schemas.codecs import EventCodec
     from tables.views import register_views
 
     from .engine import ProjectionEngine
+    from .sinks import build_sink
 
     codec = EventCodec.from_settings(settings)  # loads and checks the schema registry
     app = faust.App(settings.app_id, **faust_options(settings))
+    notifications = NotificationsProjection(settings, codec, build_sink(settings))
     engine = ProjectionEngine(
         settings,
-        [OrdersProjection(settings, codec), CustomersProjection(settings, codec)],
+        [OrdersProjection(settings, codec), CustomersProjection(settings, codec), notifications],
         loop=app.loop,
     )
+
+    @app.on_before_shutdown.connect
+    def close_notification_sink(sender: Any, /, *args: Any, **kw: Any) -> Awaitable[None]:
+        return notifications.close()  # reopened if a last batch still sends
 
     @app.task
     async def start_projections() -> None:
         # Started and stopped with the app, after its web server is up.
         await app.add_runtime_dependency(engine)
+
+    @app.timer(settings.metrics_interval)
+    async def refresh_consumer_lag() -> None:
+        # Log end offsets from the broker, so lag grows even when nothing is fetched.
+        await engine.metrics.refresh_lag(engine.consumer)
 
     register_views(app, engine)
     return EventideApp(app=app, settings=settings, engine=engine)

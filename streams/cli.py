@@ -208,6 +208,31 @@ def history_command(entity_id: str, as_json: bool) -> None:
         click.echo(f"{where}  {ev.timestamp}  {ev.name:<24} id={ev.id}  {data}")
 
 
+@main.command("check-targets")
+@click.option("--url", default=None, help="Worker base URL (default: EVENTIDE_WEB_HOST/PORT).")
+@click.option("--window", default=5.0, show_default=True, help="Seconds between the two scrapes.")
+@_fail_cleanly
+def check_targets(url: str | None, window: float) -> None:
+    """Compare a running worker's /metrics with the documented targets.
+
+    Prints a table (docs/targets.md explains each target) and exits 1 on a
+    miss, 2 when the worker cannot be scraped.
+    """
+    from .targets import check, format_table
+
+    base = url or _settings().web_url
+    try:
+        results = check(base, window=window)
+    except OSError as exc:
+        click.echo(f"eventide check-targets: cannot scrape {base}/metrics: {exc}", err=True)
+        sys.exit(2)
+    click.echo(format_table(results))
+    missed = [r.target.name for r in results if not r.ok]
+    if missed:
+        click.echo(f"missed: {', '.join(missed)}", err=True)
+        sys.exit(1)
+
+
 @main.group("schemas")
 def schemas_group() -> None:
     """Event schemas: the registry in schemas/ and the evolution rules."""
@@ -261,6 +286,106 @@ def schemas_list(root: str | None) -> None:
 
     for entry in Registry.load(Path(root) if root else DEFAULT_ROOT):
         click.echo(f"{entry.id:>5}  {entry.name:<26} {entry.version:<6} {entry.file}")
+
+
+@main.group("dlq")
+def dlq_group() -> None:
+    """Dead-letter topics: list, show and replay their records."""
+
+
+def _dlq_filters(fun: Callable[..., Any]) -> Callable[..., Any]:
+    fun = click.option("--topic", "topics", multiple=True, help="DLQ topic (default: all).")(fun)
+    fun = click.option(
+        "--error", "error_class", default=None, help="Error class, e.g. DecodeError."
+    )(fun)
+    fun = click.option("--since", default=None, help="Last failure at or after (ISO time).")(fun)
+    return fun
+
+
+def _read_letters(topics: tuple[str, ...], error_class: str | None, since: str | None) -> list:
+    import asyncio
+    from datetime import UTC, datetime
+
+    from .dlq import read_dead_letters
+
+    when = None
+    if since:
+        try:
+            when = datetime.fromisoformat(since)
+        except ValueError:
+            raise click.BadParameter(
+                f"{since!r} is not an ISO time", param_hint="--since"
+            ) from None
+        when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    return asyncio.run(read_dead_letters(_settings(), topics or None, error_class, when))
+
+
+@dlq_group.command("list")
+@_dlq_filters
+@_fail_cleanly
+def dlq_list(topics: tuple[str, ...], error_class: str | None, since: str | None) -> None:
+    """One line per dead-lettered record: name, error, attempts, last failure."""
+    letters = _read_letters(topics, error_class, since)
+    for d in letters:
+        click.echo(
+            f"{d.ref}  {d.error_class:<20} attempts={d.header('dlq-attempts') or 0}  "
+            f"{d.last_failure.isoformat() if d.last_failure else '-'}  "
+            f"event={d.header('event-id') or '-'}  {d.header('dlq-error-message')[:80]}"
+        )
+    click.echo(f"{len(letters)} record(s)", err=True)
+
+
+@dlq_group.command("show")
+@click.argument("ref")
+@_fail_cleanly
+def dlq_show(ref: str) -> None:
+    """Every header and the value of one record, named TOPIC:PARTITION:OFFSET."""
+    topic, _, rest = ref.partition(":")
+    part, _, off = rest.partition(":")
+    if not (topic and part.isdigit() and off.isdigit()):
+        raise click.BadParameter(f"{ref!r}: expected TOPIC:PARTITION:OFFSET", param_hint="REF")
+    for d in _read_letters((topic,), None, None):
+        if d.partition == int(part) and d.offset == int(off):
+            click.echo(f"record   {d.ref}")
+            click.echo(f"key      {d.key!r}")
+            for k, v in d.headers:
+                click.echo(f"header   {k}: {v.decode(errors='replace')}")
+            click.echo(f"value    {(d.value or b'').decode(errors='replace')}")
+            return
+    click.echo(f"no record {ref}", err=True)
+    sys.exit(1)
+
+
+@dlq_group.command("replay")
+@click.argument("refs", nargs=-1)
+@_dlq_filters
+@click.option("--all", "replay_all", is_flag=True, help="Replay every record that matches.")
+@_fail_cleanly
+def dlq_replay(
+    refs: tuple[str, ...],
+    topics: tuple[str, ...],
+    error_class: str | None,
+    since: str | None,
+    replay_all: bool,
+) -> None:
+    """Send chosen records (REFS, or --all matching the filters) back to their origin topic."""
+    import asyncio
+
+    from .dlq import replay
+
+    if not refs and not replay_all:
+        raise click.UsageError("name records to replay (TOPIC:PARTITION:OFFSET) or pass --all")
+    letters = _read_letters(topics, error_class, since)
+    if refs:
+        wanted = set(refs)
+        letters = [d for d in letters if d.ref in wanted]
+        missing = wanted - {d.ref for d in letters}
+        if missing:
+            click.echo(f"not found: {', '.join(sorted(missing))}", err=True)
+            sys.exit(1)
+    with click.progressbar(length=len(letters), label="replaying", file=sys.stderr) as bar:
+        sent = asyncio.run(replay(_settings(), letters, bar.update))
+    click.echo(f"replayed {sent} record(s)")
 
 
 if __name__ == "__main__":  # pragma: no cover

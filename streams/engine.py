@@ -8,8 +8,10 @@ inside the Faust app as a service and does, per batch:
    ``batch_max_wait_ms``), per partition in offset order, so per-key order holds;
 2. skip records at or below the offset the partition's store has applied
    (replays after a crash or rebalance change nothing);
-3. hand each record to the projection of its topic, which reads and writes
-   a :class:`~tables.store.Transaction`: each key touched is written once;
+3. hand each record to every projection its topic feeds (each has its own
+   table), which reads and writes a :class:`~tables.store.Transaction`: each
+   key touched is written once; a topic feeding several projections is
+   committed only as far as all of them have applied it;
 4. send every touched key's new value to the table's changelog topic (same
    partition number as the source), a meta record with the applied source
    offsets, and the projections' outputs, all as whole batches, and wait for
@@ -34,7 +36,7 @@ import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,10 +48,11 @@ from aiokafka.errors import CommitFailedError, TopicAlreadyExistsError
 from aiokafka.structs import ConsumerRecord
 from mode import Service
 
-from schemas.exceptions import EventError
 from tables.store import CHANGELOG, OFFSETS_KEY, PartitionStore, RocksDBOptions, Transaction
 
 from .assignor import HostAwareRangeAssignor
+from .failures import FailureRouter, Outcome, RetryPolicy, retry_topic
+from .metrics import EngineMetrics
 from .outputs import BatchSender, KeyPartitioner, Submitted
 from .settings import Settings
 
@@ -73,6 +76,22 @@ class BatchContext:
         """
         self.outputs[(topic, key if dedupe is None else dedupe)] = (key, value)
 
+    sends: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]], int]] = field(
+        default_factory=list
+    )
+    """Records for retry and dead-letter topics: (topic, key, value, headers, partition)."""
+
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]],
+        partition: int,
+    ) -> None:
+        """Send a record with the batch (every one is sent, in order)."""
+        self.sends.append((topic, key, value, headers, partition))
+
 
 class Projection(ABC):
     """A read model fed by co-partitioned source topics.
@@ -88,10 +107,30 @@ class Projection(ABC):
     """Full names of the source topics; all have the same partition count."""
     query_topic: str
     """The source topic whose key partitioning decides which worker owns a key."""
+    ordered_retries: bool = True
+    """While a record waits in retry, later records of its key wait behind it
+    (streams/failures.py); False retries records independently."""
 
     @abstractmethod
     def apply(self, ctx: BatchContext, record: ConsumerRecord[bytes, bytes]) -> None:
-        """Apply one record; raise :class:`~schemas.exceptions.EventError` for bad input."""
+        """Apply one record.
+
+        Raise :class:`~schemas.exceptions.EventError` for bad input (the record
+        goes to the dead-letter topic at once); any other exception is a
+        handler failure (the record goes to the retry topic with backoff, then
+        to the dead-letter topic after the last attempt).
+        """
+
+    async def after_batch(
+        self, ctx: BatchContext
+    ) -> list[tuple[ConsumerRecord[bytes, bytes], BaseException]]:
+        """Perform the batch's side effects, after every record is applied and
+        before anything is made durable; return the records whose side effect
+        failed (they are retried like records whose :meth:`apply` raised).
+
+        Default: no side effects.
+        """
+        return []
 
     def view(self, stored: Any) -> Any:
         """The document served over HTTP for a stored value (default: as stored)."""
@@ -135,11 +174,31 @@ class _Rebalance(ConsumerRebalanceListener):
 class ProjectionEngine(Service):
     """Runs projections over batches; owns their partition stores."""
 
-    def __init__(self, settings: Settings, projections: Iterable[Projection], **kwargs: Any):
+    def __init__(
+        self,
+        settings: Settings,
+        projections: Iterable[Projection],
+        metrics: EngineMetrics | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(**kwargs)
         self.settings = settings
         self.projections = list(projections)
-        self.by_topic = {t: p for p in self.projections for t in p.sources}
+        self.by_topic: dict[str, list[Projection]] = {}
+        """topic → the projections it feeds, each with its own table (and store)."""
+        for p in self.projections:
+            for t in p.sources:
+                self.by_topic.setdefault(t, []).append(p)
+        self.retry_topics = {retry_topic(t): t for t in self.by_topic}
+        """retry topic → its source topic; consumed by the same projection."""
+        self.by_topic.update({r: self.by_topic[t] for r, t in self.retry_topics.items()})
+        self.router = FailureRouter(
+            RetryPolicy(
+                attempts=settings.retry_attempts,
+                backoff_ms=settings.retry_backoff_ms,
+                backoff_max_ms=settings.retry_backoff_max_ms,
+            )
+        )
         self.by_table = {p.table: p for p in self.projections}
         self.stores: dict[tuple[str, int], PartitionStore] = {}
         self.standby_stores: dict[tuple[str, int], PartitionStore] = {}
@@ -154,7 +213,13 @@ class ProjectionEngine(Service):
         self._sender: BatchSender | None = None
         self._pending: _InFlight | None = None
         self.events_processed = 0
+        self.outcomes: dict[str, int] = {}
+        """Records by failure-path outcome (retried, parked, dead-lettered, ...)."""
         self.events_skipped = 0
+        self.events_invalid = 0
+        self.metrics = metrics if metrics is not None else EngineMetrics()
+        """Prometheus metrics (streams/metrics.py), served at GET /metrics."""
+        self.metrics.watch_stores(self.stores)
 
     # -- names ---------------------------------------------------------------
 
@@ -170,6 +235,45 @@ class ProjectionEngine(Service):
     def store_path(self, table: str, partition: int) -> Path:
         """Folder of one table partition's RocksDB."""
         return self.settings.data_dir / "tables" / table / str(partition)
+
+    @property
+    def consumer(self) -> AIOKafkaConsumer | None:
+        """The projections' consumer (None before the engine starts)."""
+        return self._consumer
+
+    def _routes(
+        self, batch: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
+    ) -> Iterator[tuple[TopicPartition, list[ConsumerRecord[Any, Any]], Projection]]:
+        """(partition, records, projection) for every projection each partition feeds."""
+        for tp, records in batch.items():
+            for projection in self.by_topic[tp.topic]:
+                yield tp, records, projection
+
+    def _commit_floor(
+        self, commits: dict[TopicPartition, int], contexts: dict[tuple[str, int], BatchContext]
+    ) -> None:
+        """A partition that feeds several projections is committed only as far as
+        all of them have applied it (each skips what its own store has applied)."""
+        for tp in commits:
+            projections = self.by_topic[tp.topic]
+            if len(projections) < 2:
+                continue
+            floor = commits[tp]
+            for p in projections:
+                ctx = contexts.get((p.table, tp.partition))
+                tx = ctx.tx if ctx is not None else None
+                while tx is not None and tp.topic not in tx.offsets:
+                    tx = tx.parent
+                store = self.stores.get((p.table, tp.partition))
+                applied = (
+                    tx.offsets[tp.topic]
+                    if tx is not None
+                    else store.offset(tp.topic)
+                    if store is not None
+                    else -1
+                )
+                floor = min(floor, applied + 1)
+            commits[tp] = floor
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -243,11 +347,12 @@ class ProjectionEngine(Service):
         only once the broker has acknowledged all of its records.
         """
         assert self._sender is not None and self._consumer is not None
+        started = time.perf_counter()
+        self.router.begin_batch()
         pending = self._pending.contexts if self._pending is not None else {}
         contexts: dict[tuple[str, int], BatchContext] = {}
         commits: dict[TopicPartition, int] = {}
-        for tp, records in batch.items():
-            projection = self.by_topic[tp.topic]
+        for tp, records, projection in self._routes(batch):
             key = (projection.table, tp.partition)
             store = self.stores.get(key)
             if store is None:  # revoked meanwhile
@@ -257,24 +362,52 @@ class ProjectionEngine(Service):
                 parent = pending.get(key)
                 ctx = contexts[key] = BatchContext(store.begin(parent.tx if parent else None))
             applied = store.offset(tp.topic)
+            skipped, invalid = self.events_skipped, self.events_invalid
+            from_retry = tp.topic in self.retry_topics
+            handle = self.router.handle
+            last = None
             for record in records:
                 if record.offset <= applied:
                     self.events_skipped += 1
+                    last = record
                     continue
-                try:
-                    projection.apply(ctx, record)
-                except EventError as exc:
-                    logger.warning(
-                        "skipped bad record %s[%d]@%d: %s: %s",
-                        record.topic,
-                        record.partition,
-                        record.offset,
-                        type(exc).__name__,
-                        exc,
-                    )
+                outcome = handle(projection, ctx, record, from_retry)
+                if outcome is Outcome.WAIT:  # not due yet: hold the retry partition
+                    self._hold(tp, record)
+                    break
+                last = record
+                if outcome is not Outcome.APPLIED:
+                    self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+                    if outcome is Outcome.INVALID:
+                        self.events_invalid += 1
+                        self.metrics.dead_letter(projection.table, tp.topic, "invalid")
+                    elif outcome is Outcome.RETRIED:
+                        self.metrics.retried(projection.table, tp.topic)
+                    elif outcome is Outcome.DEAD:
+                        self.metrics.dead_letter(projection.table, tp.topic, "exhausted")
+            if last is None:
+                continue
+            records = records[: records.index(last) + 1]
             self.events_processed += len(records)
+            self.metrics.partition_done(
+                projection.table,
+                tp.topic,
+                len(records),
+                self.events_skipped - skipped,
+                self.events_invalid - invalid,
+            )
             ctx.tx.applied(tp.topic, records[-1].offset)
             commits[tp] = records[-1].offset + 1
+        self._commit_floor(commits, contexts)
+
+        for (table, _), ctx in contexts.items():
+            projection = self.by_table[table]
+            for record, exc in await projection.after_batch(ctx):
+                meta = getattr(record, "retry", None)
+                if meta is None:
+                    self.router.failed(projection, ctx, record, exc)
+                else:
+                    self.router.retry_failed(projection, ctx, record, meta, exc)
 
         sender = self._sender
         encoded: dict[tuple[str, int], dict[bytes, bytes | None]] = {}
@@ -284,11 +417,29 @@ class ProjectionEngine(Service):
             for k, v in values.items():
                 await sender.append(changelog, partition, k, v)
             await sender.append(changelog, partition, OFFSETS_KEY, orjson.dumps(ctx.tx.offsets))
+            self.metrics.changelog_written(table, len(values) + 1)
             for (topic, _), (k, v) in ctx.outputs.items():
                 await sender.append(topic, self.partitioner(k), k, v)
+            for topic, rk, rv, headers, part in ctx.sends:
+                await sender.append(topic, part, rk, rv, headers)
         submitted = await sender.submit()
         await self.complete_pending()
         self._pending = _InFlight(contexts, encoded, commits, submitted)
+        self.metrics.batch_processed(batch, self._pending, started)
+
+    def _hold(self, tp: TopicPartition, record: Any) -> None:
+        """Pause a retry partition at ``record`` until its not-before time."""
+        assert self._consumer is not None
+        consumer = self._consumer
+        consumer.seek(tp, record.offset)
+        consumer.pause(tp)
+        delay = max(0.0, self.router.due_in_ms(record) / 1000)
+
+        def resume() -> None:
+            if tp in consumer.assignment():
+                consumer.resume(tp)
+
+        asyncio.get_running_loop().call_later(delay, resume)
 
     async def complete_pending(self) -> None:
         """Wait for the in-flight batch's acks, write it to RocksDB, commit its offsets."""
@@ -300,9 +451,11 @@ class ProjectionEngine(Service):
         for (table, partition), ctx in inflight.contexts.items():
             ctx.tx.applied(CHANGELOG, last[(self.changelog_topic(table), partition)])
             ctx.tx.commit(inflight.encoded[(table, partition)])
+        self.metrics.batch_committed(inflight)
         if inflight.commits:
             try:
                 await self._consumer.commit(inflight.commits)
+                self.metrics.committed(inflight.commits)
             except CommitFailedError as exc:
                 # The stores hold the applied offsets; the next owner seeks past them.
                 logger.info("offset commit skipped during a rebalance: %s", exc)
@@ -314,13 +467,12 @@ class ProjectionEngine(Service):
         async with self._lock:
             self.ready = False
             await self.complete_pending()
+            self.metrics.revoked(revoked)
             for tp in revoked:
-                projection = self.by_topic.get(tp.topic)
-                if projection is None:
-                    continue
-                store = self.stores.pop((projection.table, tp.partition), None)
-                if store is not None:
-                    store.close()
+                for projection in self.by_topic.get(tp.topic, ()):
+                    store = self.stores.pop((projection.table, tp.partition), None)
+                    if store is not None:
+                        store.close()
 
     async def on_assigned(self, assigned: list[TopicPartition]) -> None:
         """Open and recover the stores of new partitions; seek past applied offsets."""
@@ -329,7 +481,7 @@ class ProjectionEngine(Service):
             started = time.monotonic()
             restored = 0
             for table, partition in sorted(
-                {(self.by_topic[tp.topic].table, tp.partition) for tp in assigned}
+                {(p.table, tp.partition) for tp in assigned for p in self.by_topic[tp.topic]}
             ):
                 if (table, partition) not in self.stores:
                     store = self.standby_stores.pop((table, partition), None) or PartitionStore(
@@ -338,8 +490,10 @@ class ProjectionEngine(Service):
                     restored += await self._recover(table, partition, store)
                     self.stores[(table, partition)] = store
             for tp in assigned:
-                store = self.stores[(self.by_topic[tp.topic].table, tp.partition)]
-                applied = store.offset(tp.topic)
+                applied = min(
+                    self.stores[(p.table, tp.partition)].offset(tp.topic)
+                    for p in self.by_topic[tp.topic]
+                )
                 committed = await self._consumer.committed(tp)
                 position = max(applied + 1, committed or 0)
                 self._consumer.seek(tp, position)
@@ -350,6 +504,7 @@ class ProjectionEngine(Service):
                 restored,
                 time.monotonic() - started,
             )
+            self.metrics.assigned(len(assigned), restored, time.monotonic() - started)
 
     async def _recover(self, table: str, partition: int, store: PartitionStore) -> int:
         """Replay the changelog from the store's last changelog offset to its end."""

@@ -102,6 +102,16 @@ class Settings:
     batch_max_wait_ms: int = 100
     """EVENTIDE_BATCH_MAX_WAIT_MS: longest wait for records before a batch is cut."""
 
+    retry_attempts: int = 5
+    """EVENTIDE_RETRY_ATTEMPTS: attempts in the retry topic before a failing record
+    is dead-lettered."""
+
+    retry_backoff_ms: int = 500
+    """EVENTIDE_RETRY_BACKOFF_MS: delay before the first retry; doubles per attempt."""
+
+    retry_backoff_max_ms: int = 60_000
+    """EVENTIDE_RETRY_BACKOFF_MAX_MS: longest delay between two attempts."""
+
     standby_replicas: int = 0
     """EVENTIDE_STANDBY_REPLICAS: other workers that keep a warm copy of each table
     partition by following its changelog, so a failover restores only the tail."""
@@ -135,6 +145,42 @@ class Settings:
     """EVENTIDE_OUTBOX_RETENTION: seconds published outbox rows and idempotency keys
     are kept before the relay deletes them."""
 
+    metrics_interval: float = 2.0
+    """EVENTIDE_METRICS_INTERVAL: seconds between refreshes of the consumer lag metric."""
+
+    admin_endpoints: bool = False
+    """EVENTIDE_ADMIN_ENDPOINTS: serve POST /admin/pause and /admin/resume on the
+    worker's web port (pause or resume the projections' consumer; tests, drills)."""
+
+    notify_sink: str = "file"
+    """EVENTIDE_NOTIFY_SINK: where notifications go: ``file`` (JSON lines) or ``webhook``."""
+
+    notify_file: str = ""
+    """EVENTIDE_NOTIFY_FILE: the file sink's JSON-lines file; empty:
+    ``<state_dir>/notifications.jsonl`` (see :attr:`notify_path`)."""
+
+    notify_webhook_url: SecretUrl = field(default_factory=lambda: SecretUrl(""))
+    """EVENTIDE_NOTIFY_WEBHOOK_URL: the webhook sink's URL (http or https); a
+    password in it is never printed."""
+
+    notify_webhook_timeout: float = 5.0
+    """EVENTIDE_NOTIFY_WEBHOOK_TIMEOUT: seconds one webhook request may take in all."""
+
+    notify_webhook_concurrency: int = 16
+    """EVENTIDE_NOTIFY_WEBHOOK_CONCURRENCY: webhook requests in flight at once."""
+
+    notify_retention: float = 7 * 86400.0
+    """EVENTIDE_NOTIFY_RETENTION: seconds a sent notification's event id is
+    remembered; a redelivery within this window is never sent again."""
+
+    notify_breaker_failures: int = 5
+    """EVENTIDE_NOTIFY_BREAKER_FAILURES: consecutive sink failures that open the
+    circuit breaker."""
+
+    notify_breaker_cooldown: float = 10.0
+    """EVENTIDE_NOTIFY_BREAKER_COOLDOWN: seconds an open breaker refuses every send
+    before it lets one probe through."""
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``EVENTIDE_*`` variables, defaults for the rest."""
@@ -155,6 +201,11 @@ class Settings:
             raise SettingsError(
                 f"EVENTIDE_APP_ID={self.app_id!r}: use letters, digits, '.', '_' and '-' only"
             )
+        if self.notify_sink == "webhook" and not self.notify_webhook_url.value:
+            raise SettingsError(
+                "EVENTIDE_NOTIFY_SINK=webhook needs EVENTIDE_NOTIFY_WEBHOOK_URL "
+                "(e.g. https://hooks.example.com/notify)"
+            )
 
     @property
     def bootstrap_servers(self) -> list[str]:
@@ -170,6 +221,13 @@ class Settings:
     def projection_group(self) -> str:
         """Consumer group of the batch projection engine."""
         return f"{self.app_id}-projections"
+
+    @property
+    def notify_path(self) -> Path:
+        """The file sink's file: :attr:`notify_file`, else under :attr:`state_dir`."""
+        return (
+            Path(self.notify_file) if self.notify_file else self.state_dir / "notifications.jsonl"
+        )
 
     @property
     def web_url(self) -> str:
@@ -272,6 +330,26 @@ def _database_url(var: str, value: str) -> SecretUrl:
     return SecretUrl(url)
 
 
+def _choice(*choices: str) -> Callable[[str, str], str]:
+    def parse(var: str, value: str) -> str:
+        v = value.strip().lower()
+        if v not in choices:
+            raise SettingsError(f"{var}={value!r}: expected one of {', '.join(choices)}")
+        return v
+
+    return parse
+
+
+def _http_url(var: str, value: str) -> SecretUrl:
+    url = value.strip()
+    if url and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname):
+        raise SettingsError(
+            f"{var}={str(SecretUrl(url))!r}: expected an http:// or https:// URL "
+            "such as https://hooks.example.com/notify"
+        )
+    return SecretUrl(url)
+
+
 def _heap(var: str, value: str) -> str:
     v = value.strip().lower()
     if not (v[:-1].isdigit() and v[-1] in "mg"):
@@ -300,6 +378,9 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "batch_max_wait_ms": _int(0, 60_000),
     "session_timeout_ms": _int(6_000, 300_000),
     "standby_replicas": _int(0, 3),
+    "retry_attempts": _int(0, 100),
+    "retry_backoff_ms": _int(0, 3_600_000),
+    "retry_backoff_max_ms": _int(0, 86_400_000),
     "database_url": _database_url,
     "api_host": _str,
     "api_port": _int(1, 65535),
@@ -307,4 +388,14 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "relay_batch_size": _int(1, 100_000),
     "relay_poll_interval": _float(0.001, 60),
     "outbox_retention": _float(0, 365 * 86400),
+    "metrics_interval": _float(0.1, 60),
+    "admin_endpoints": _bool,
+    "notify_sink": _choice("file", "webhook"),
+    "notify_file": _prefix,
+    "notify_webhook_url": _http_url,
+    "notify_webhook_timeout": _float(0.1, 600),
+    "notify_webhook_concurrency": _int(1, 1024),
+    "notify_retention": _float(0, 365 * 86400),
+    "notify_breaker_failures": _int(1, 10_000),
+    "notify_breaker_cooldown": _float(0, 3600),
 }

@@ -15,6 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
 from .exceptions import BrokerError, TopicConfigError
+from .failures import dlq_topic, retry_topic
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,8 @@ class TopicSpec:
     """What the Kafka key is (documentation and error messages)."""
     description: str
     """What flows on the topic."""
+    consumed: bool = True
+    """Projections consume it: it gets ``<name>.retry`` and ``<name>.dlq`` companions."""
 
 
 USER_EVENTS = TopicSpec("user-events", "userId", "user.* events")
@@ -40,7 +43,9 @@ CUSTOMER_FACTS = TopicSpec(
     "customerId",
     "repartition: per-order facts for the customers read model, co-partitioned with user-events",
 )
-ORDER_VIEWS = TopicSpec("order-views", "orderId", "every change of the orders read model")
+ORDER_VIEWS = TopicSpec(
+    "order-views", "orderId", "every change of the orders read model", consumed=False
+)
 
 CATALOGUE: tuple[TopicSpec, ...] = (USER_EVENTS, ORDER_EVENTS, CUSTOMER_FACTS, ORDER_VIEWS)
 
@@ -63,7 +68,12 @@ async def ensure_topics(settings: Settings, specs: tuple[TopicSpec, ...] = CATAL
             "is the broker running? `eventide broker start` starts the dev broker"
         ) from exc
     try:
-        names = [settings.topic(spec.name) for spec in specs]
+        names = []
+        for spec in specs:
+            name = settings.topic(spec.name)
+            names.append(name)
+            if spec.consumed:
+                names += [retry_topic(name), dlq_topic(name)]
         existing = set(await admin.list_topics())
         missing = [n for n in names if n not in existing]
         if missing:

@@ -5,18 +5,22 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from collections.abc import Callable
 
 from faust.worker import Worker
 
-from .app import create_app
+from .app import EventideApp, create_app
 from .settings import Settings
 from .topics import ensure_topics
 
 logger = logging.getLogger(__name__)
 
 
-def run_worker(settings: Settings) -> None:
-    """Run a worker in the foreground until SIGINT/SIGTERM."""
+def run_worker(settings: Settings, customize: Callable[[EventideApp], None] | None = None) -> None:
+    """Run a worker in the foreground until SIGINT/SIGTERM.
+
+    ``customize`` may adjust the app before it starts (tests wrap projections).
+    """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     # One loop for the topic set-up and the worker: Faust's Worker runs on the
     # loop that is current when it starts.
@@ -24,6 +28,8 @@ def run_worker(settings: Settings) -> None:
     asyncio.set_event_loop(loop)
     loop.run_until_complete(ensure_topics(settings))
     eventide = create_app(settings)
+    if customize is not None:
+        customize(eventide)
     # The worker allocates many short-lived dicts per batch and keeps few
     # long-lived ones: move what start-up created out of the collector's
     # sight and collect the young generation less often.

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 import faust
 from faust.web import Request, Response, View
 
+from streams.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+
 if TYPE_CHECKING:
     from streams.engine import ProjectionEngine
 
@@ -20,7 +22,11 @@ FORWARDED = "X-Eventide-Forwarded"
 
 
 def register_views(app: faust.App, engine: ProjectionEngine) -> None:
-    """Add the query views and ``GET /health`` to the app's web server."""
+    """Add the query views and ``GET /health`` to the app's web server.
+
+    Also ``GET /metrics`` (Prometheus text format) and, with
+    EVENTIDE_ADMIN_ENDPOINTS=true, ``POST /admin/pause`` and ``/admin/resume``.
+    """
 
     async def query(view: View, request: Request, table: str, id_field: str, key: str) -> Response:
         where, found = engine.lookup(table, key)
@@ -54,6 +60,29 @@ def register_views(app: faust.App, engine: ProjectionEngine) -> None:
                 "eventsProcessed": engine.events_processed,
             }
             return self.json(body, status=200 if engine.ready else 503)
+
+    @app.page("/metrics")
+    class Metrics(View):
+        async def get(self, request: Request) -> Response:
+            # aiohttp refuses a charset inside content_type: pass the header whole.
+            return self.bytes(
+                engine.metrics.exposition(), headers={"Content-Type": METRICS_CONTENT_TYPE}
+            )
+
+    if engine.settings.admin_endpoints:
+
+        @app.page("/admin/{action}")
+        class Admin(View):
+            async def post(self, request: Request, action: str) -> Response:
+                consumer = engine.consumer
+                if action not in ("pause", "resume") or consumer is None:
+                    return self.json({"error": f"unknown action {action!r}"}, status=404)
+                partitions = sorted(consumer.assignment())
+                if action == "pause":
+                    consumer.pause(*partitions)
+                else:
+                    consumer.resume(*partitions)
+                return self.json({"action": action, "partitions": [str(tp) for tp in partitions]})
 
 
 async def _proxy(app: faust.App, view: View, request: Request, owner: Any) -> Response:

@@ -13,6 +13,7 @@ from benchmarks.workload import expected_state, make_workload
 from streams.demo import fetch_json
 from streams.settings import Settings
 from streams.topics import ensure_topics
+from tests.fixtures.broker import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +43,7 @@ def test_two_workers_serve_every_key_and_survive_losing_one(make_settings, worke
     second = Settings.from_env(
         {
             **_env(first),
-            "EVENTIDE_WEB_PORT": str(first.web_port + 1),
+            "EVENTIDE_WEB_PORT": str(free_port()),
             "EVENTIDE_DATA_DIR": str(first.data_dir) + "-b",
         }
     )
@@ -86,7 +87,7 @@ def test_standby_replica_keeps_a_warm_copy_for_failover(make_settings, worker_fa
     second = Settings.from_env(
         {
             **_env(first),
-            "EVENTIDE_WEB_PORT": str(first.web_port + 1),
+            "EVENTIDE_WEB_PORT": str(free_port()),
             "EVENTIDE_DATA_DIR": str(first.data_dir) + "-b",
         }
     )

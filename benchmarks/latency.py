@@ -1,0 +1,151 @@
+"""End-to-end latency at fixed offered loads, read from the worker's own /metrics.
+
+A producer in this process publishes fresh order lifecycles at a fixed rate
+(in 10 ms ticks) for a few seconds per rate; the worker's
+``eventide_end_to_end_latency_seconds`` histogram (record timestamp → RocksDB
+write) is scraped before and after each rate, and percentiles are
+interpolated inside the buckets as Prometheus' ``histogram_quantile`` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
+
+from schemas.envelope import CONTENT_TYPE_JSON, encode_envelope
+from streams.outputs import KeyPartitioner
+from streams.produce import key_of
+from streams.settings import Settings
+from streams.topics import ORDER_EVENTS
+
+from .workload import make_workload
+
+
+def scrape(url: str) -> dict[str, Any]:
+    """Latency buckets (summed over topics), events read, total lag from ``/metrics``."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    buckets: dict[float, float] = {}
+    events = lag = 0.0
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "eventide_end_to_end_latency_seconds_bucket":
+                le = float(s.labels["le"])
+                buckets[le] = buckets.get(le, 0.0) + s.value
+            elif s.name == "eventide_events_total":
+                events += s.value
+            elif s.name == "eventide_consumer_lag_records":
+                lag += s.value
+    return {"buckets": buckets, "events": events, "lag": lag, "at": time.monotonic()}
+
+
+def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
+    """Prometheus' interpolation: linear inside the bucket holding the quantile."""
+    bounds = sorted(buckets)
+    if not bounds or buckets[bounds[-1]] <= 0:
+        return None
+    rank = q * buckets[bounds[-1]]
+    lower, below = 0.0, 0.0
+    for le in bounds:
+        if buckets[le] >= rank:
+            if math.isinf(le):
+                return lower
+            inside = buckets[le] - below
+            return lower + (le - lower) * ((rank - below) / inside if inside else 1.0)
+        lower, below = le, buckets[le]
+    return None
+
+
+async def offer(
+    settings: Settings, values: list[tuple[bytes, bytes]], rate: int, seconds: float
+) -> int:
+    """Publish ``rate`` events/s for ``seconds`` from ``values``; returns events sent."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=2
+    )
+    await producer.start()
+    topic = settings.topic(ORDER_EVENTS.name)
+    partition = KeyPartitioner(settings.partitions)
+    headers = [("content-type", CONTENT_TYPE_JSON.encode())]
+    sent = 0
+    try:
+        start = time.monotonic()
+        while (elapsed := time.monotonic() - start) < seconds:
+            due = min(int(elapsed * rate) + 1, len(values))
+            while sent < due:
+                key, value = values[sent]
+                await producer.send(
+                    topic, value, key=key, partition=partition(key), headers=headers
+                )
+                sent += 1
+            if sent >= len(values):
+                break
+            await asyncio.sleep(0.01)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return sent
+
+
+def latency_at_loads(
+    settings: Settings,
+    rates: list[int],
+    seconds: float,
+    log: Callable[[str], None],
+    seed: int = 3,
+) -> list[dict[str, Any]]:
+    """p50/p95/p99 and achieved throughput per offered rate, one worker already running."""
+    need = int((sum(rates) + rates[0]) * seconds * 1.1) + 1000
+    work = make_workload(need // 2 + 1, max(100, need // 20), seed=seed, duplicate_rate=0.0)
+    values = [(key_of(e).encode(), encode_envelope(e)) for e in work.orders][:need]
+    del work
+    out = []
+    log(f"  warm-up: {rates[0]:,}/s for {seconds:.0f}s, not recorded")
+    cursor = asyncio.run(offer(settings, values, rates[0], seconds))
+    time.sleep(2)
+    for rate in rates:
+        before = scrape(settings.web_url)
+        chunk = values[cursor:]
+        sent = asyncio.run(offer(settings, chunk, rate, seconds))
+        cursor += sent
+        offered = sent / seconds
+        deadline = time.monotonic() + 120
+        lag_max = 0.0
+        while time.monotonic() < deadline:  # let the worker finish what was offered
+            now = scrape(settings.web_url)
+            lag_max = max(lag_max, now["lag"])
+            if now["events"] - before["events"] >= sent and now["lag"] == 0:
+                break
+            time.sleep(0.5)
+        after = scrape(settings.web_url)
+        window = {le: c - before["buckets"].get(le, 0.0) for le, c in after["buckets"].items()}
+        row = {
+            "offered_per_s": round(offered),
+            "events": sent,
+            "p50_s": histogram_quantile(0.50, window),
+            "p95_s": histogram_quantile(0.95, window),
+            "p99_s": histogram_quantile(0.99, window),
+            "samples": window.get(math.inf, 0.0),
+            "lag_max": lag_max,
+            "drained_s": after["at"] - before["at"],
+        }
+        log(
+            f"  latency at {rate:,}/s offered ({offered:,.0f}/s sent): p50 {_ms(row['p50_s'])}, "
+            f"p95 {_ms(row['p95_s'])}, p99 {_ms(row['p99_s'])}; max lag {lag_max:,.0f}"
+        )
+        out.append(row)
+        if sent < rate * seconds * 0.9:
+            log(f"  the producer could not offer {rate:,}/s; stopping the load steps here")
+            break
+    return out
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 1000:,.0f} ms"

@@ -1,0 +1,143 @@
+"""Dead-letter topics: list, inspect and replay their records (``eventide dlq``).
+
+A record is named ``<dlq topic>:<partition>:<offset>``. Replaying sends the
+original key, value and headers (the ``dlq-*`` headers removed) back to the
+origin topic, keyed as before so it lands on the same partition; the
+projections' deduplication by event id makes a second replay harmless.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from .failures import DLQ_HEADERS, DLQ_SUFFIX
+from .settings import Settings
+from .topics import CATALOGUE
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One record of a dead-letter topic."""
+
+    topic: str
+    """The DLQ topic."""
+    partition: int
+    """Its partition."""
+    offset: int
+    """Its offset."""
+    key: bytes | None
+    """The original key."""
+    value: bytes | None
+    """The original value, untouched."""
+    headers: tuple[tuple[str, bytes], ...]
+    """The original headers followed by the dlq-* headers."""
+
+    @property
+    def ref(self) -> str:
+        """``topic:partition:offset``, the name ``dlq show`` and ``dlq replay`` take."""
+        return f"{self.topic}:{self.partition}:{self.offset}"
+
+    def header(self, name: str) -> str:
+        """A header's value as text ('' when absent)."""
+        for k, v in self.headers:
+            if k == name:
+                return v.decode(errors="replace")
+        return ""
+
+    @property
+    def origin_topic(self) -> str:
+        """The topic the record was consumed from."""
+        return self.header("dlq-origin-topic") or self.topic.removesuffix(DLQ_SUFFIX)
+
+    @property
+    def error_class(self) -> str:
+        """Class name of the error that dead-lettered it."""
+        return self.header("dlq-error-class")
+
+    @property
+    def last_failure(self) -> datetime | None:
+        """When it last failed."""
+        ms = self.header("dlq-last-failure")
+        return datetime.fromtimestamp(int(ms) / 1000, UTC) if ms.isdigit() else None
+
+    def original_headers(self) -> list[tuple[str, bytes]]:
+        """The headers as the producer sent them."""
+        return [(k, v) for k, v in self.headers if k not in DLQ_HEADERS]
+
+
+def dlq_topics(settings: Settings) -> list[str]:
+    """The dead-letter topics of the catalogue's consumed topics."""
+    return [settings.topic(s.name) + DLQ_SUFFIX for s in CATALOGUE if s.consumed]
+
+
+async def read_dead_letters(
+    settings: Settings,
+    topics: Iterable[str] | None = None,
+    error_class: str | None = None,
+    since: datetime | None = None,
+) -> list[DeadLetter]:
+    """Every record currently in the given DLQ topics (default: all), filtered."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False
+    )
+    await consumer.start()
+    found: list[DeadLetter] = []
+    try:
+        existing = await consumer.topics()
+        names = [t for t in (topics or dlq_topics(settings)) if t in existing]
+        tps = [TopicPartition(t, p) for t in names for p in range(settings.partitions)]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        starts = await consumer.beginning_offsets(tps)
+        for tp in tps:
+            consumer.seek(tp, starts[tp])
+        todo = {tp for tp in tps if ends[tp] > starts[tp]}
+        while todo:
+            batch = await consumer.getmany(*todo, timeout_ms=1000)
+            for tp, records in batch.items():
+                for r in records:
+                    if r.offset >= ends[tp]:
+                        continue
+                    found.append(
+                        DeadLetter(
+                            tp.topic, tp.partition, r.offset, r.key, r.value, tuple(r.headers)
+                        )
+                    )
+                if await consumer.position(tp) >= ends[tp]:
+                    todo.discard(tp)
+    finally:
+        await consumer.stop()
+    return [
+        d
+        for d in found
+        if (error_class is None or d.error_class == error_class)
+        and (since is None or (d.last_failure is not None and d.last_failure >= since))
+    ]
+
+
+async def replay(
+    settings: Settings,
+    letters: list[DeadLetter],
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Send each record back to its origin topic; returns how many were sent."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers, acks="all", enable_idempotence=True
+    )
+    await producer.start()
+    try:
+        for d in letters:
+            await producer.send_and_wait(
+                d.origin_topic, d.value, key=d.key, headers=d.original_headers()
+            )
+            if progress:
+                progress(1)
+    finally:
+        await producer.stop()
+    return len(letters)
