@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                 "EVENTIDE_TOPIC_PREFIX": f"bench-{tag}-",
                 "EVENTIDE_PARTITIONS": str(args.partitions),
                 "EVENTIDE_DATA_DIR": str(workdir / (data or app) / tag),
+                # its own notifications file (the file sink indexes it at start-up)
+                "EVENTIDE_STATE_DIR": str(workdir / "state" / app / tag),
                 "EVENTIDE_WEB_PORT": str(port),
                 "EVENTIDE_METRICS_INTERVAL": "1",
             }

@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             "EVENTIDE_APP_ID": f"crash-{tag}",
             "EVENTIDE_TOPIC_PREFIX": f"crash-{tag}-",
             "EVENTIDE_DATA_DIR": str(workdir / "data"),
+            "EVENTIDE_STATE_DIR": str(workdir / "state"),
             "EVENTIDE_WEB_PORT": "36070",
             "EVENTIDE_SESSION_TIMEOUT_MS": "6000",
         }

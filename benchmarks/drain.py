@@ -268,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
                 "EVENTIDE_TOPIC_PREFIX": f"bench-{tag}-",
                 "EVENTIDE_PARTITIONS": str(args.partitions),
                 "EVENTIDE_DATA_DIR": str(workdir / app),
+                # its own notifications file (the file sink indexes it at start-up)
+                "EVENTIDE_STATE_DIR": str(workdir / f"state-{app}"),
                 "EVENTIDE_WEB_PORT": str(port),
                 "EVENTIDE_LOG_LEVEL": "info",
                 "EVENTIDE_RETRY_BACKOFF_MS": "200",

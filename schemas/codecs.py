@@ -102,6 +102,7 @@ class EventCodec:
         """The schemas and their ids (checked when loaded)."""
         self.limits = limits if limits is not None else Limits()
         """Size, depth and length limits applied to every record."""
+        self._memo: dict[tuple[int, str | None], tuple[Any, Envelope]] = {}
         lim = self.limits
         self._max_bytes = lim.max_record_bytes
         self._max_depth = lim.max_json_depth
@@ -139,7 +140,22 @@ class EventCodec:
     def decode(
         self, value: bytes | bytearray | memoryview | None, headers: Headers = None
     ) -> Envelope:
-        """Decode one record value, Avro or JSON, into a validated :class:`Envelope`."""
+        """Decode one record value, Avro or JSON, into a validated :class:`Envelope`.
+
+        A record that feeds several projections is decoded once: the last
+        values decoded are remembered by identity (Envelopes are immutable).
+        """
+        key = (id(value), _form_of(headers))
+        memo = self._memo.get(key)
+        if memo is not None and memo[0] is value:
+            return memo[1]
+        event = self._decode(value, headers)
+        if len(self._memo) >= 50_000:
+            self._memo.clear()
+        self._memo[key] = (value, event)
+        return event
+
+    def _decode(self, value: bytes | bytearray | memoryview | None, headers: Headers) -> Envelope:
         if value is None:
             raise DecodeError("empty record: the value is null (a tombstone), expected an event")
         form = _form_of(headers)
