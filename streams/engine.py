@@ -12,10 +12,11 @@ inside the Faust app as a service and does, per batch:
    table), which reads and writes a :class:`~tables.store.Transaction`: each
    key touched is written once; a topic feeding several projections is
    committed only as far as all of them have applied it;
-4. send every touched key's new value to the table's changelog topic (same
-   partition number as the source), a meta record with the applied source
-   offsets, and the projections' outputs, all as whole batches, and wait for
-   the acknowledgements (acks=all, idempotent producer);
+4. send the projections' outputs and wait for their acknowledgements; then
+   send every touched key's new value to the table's changelog topic (same
+   partition number as the source) and a meta record with the applied source
+   offsets, all as whole batches, and wait for the acknowledgements (acks=all,
+   idempotent producer);
 5. write the transaction to RocksDB in one ``WriteBatch`` with those offsets;
 6. commit the consumer offsets.
 
@@ -27,7 +28,11 @@ assignment, a partition replays its changelog from the last changelog offset
 its store has seen, which also restores the applied source offsets. Records
 whose effects are already in the store are then skipped by offset; effects
 that reached the changelog without their meta record are absorbed by the
-projections' per-entity deduplication (event ids, upserts).
+projections' per-entity deduplication (event ids, upserts). Outputs are
+acknowledged before the changelog is sent, so a batch the changelog marks
+as done never lacks its outputs; a batch redone after a crash may emit its
+outputs twice, which their consumers absorb the same way (customer facts are
+versioned upserts, retry copies carry sequence numbers).
 """
 
 from __future__ import annotations
@@ -409,7 +414,19 @@ class ProjectionEngine(Service):
                 else:
                     self.router.retry_failed(projection, ctx, record, meta, exc)
 
+        # Outputs (downstream topics, retry and dead-letter records) first, and
+        # the changelog only once they are acknowledged: a changelog whose
+        # offsets meta record reached the broker means this batch is done, and
+        # a restart will not redo it, so its outputs must be there already.
         sender = self._sender
+        for ctx in contexts.values():
+            for (topic, _), (ok, ov) in ctx.outputs.items():
+                await sender.append(topic, self.partitioner(ok), ok, ov)
+            for topic, rk, rv, headers, part in ctx.sends:
+                await sender.append(topic, part, rk, rv, headers)
+        outputs = await sender.submit()
+        await self.complete_pending()  # the previous batch, meanwhile
+        await outputs.acknowledged()
         encoded: dict[tuple[str, int], dict[bytes, bytes | None]] = {}
         for (table, partition), ctx in contexts.items():
             changelog = self.changelog_topic(table)
@@ -418,12 +435,7 @@ class ProjectionEngine(Service):
                 await sender.append(changelog, partition, k, v)
             await sender.append(changelog, partition, OFFSETS_KEY, orjson.dumps(ctx.tx.offsets))
             self.metrics.changelog_written(table, len(values) + 1)
-            for (topic, _), (k, v) in ctx.outputs.items():
-                await sender.append(topic, self.partitioner(k), k, v)
-            for topic, rk, rv, headers, part in ctx.sends:
-                await sender.append(topic, part, rk, rv, headers)
         submitted = await sender.submit()
-        await self.complete_pending()
         self._pending = _InFlight(contexts, encoded, commits, submitted)
         self.metrics.batch_processed(batch, self._pending, started)
 
