@@ -32,7 +32,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -56,13 +55,8 @@ def log(msg: str) -> None:
 
 
 def env_of(settings: Settings) -> dict[str, str]:
-    out = {}
-    for f in fields(settings):
-        value = getattr(settings, f.name)
-        out[f"EVENTIDE_{f.name.upper()}"] = (
-            value.reveal() if hasattr(value, "reveal") else str(value)
-        )
-    return {**os.environ, **out}
+    """This process's environment with ``settings`` as EVENTIDE_* variables."""
+    return {**os.environ, **settings.to_env()}
 
 
 class Progress:

@@ -194,6 +194,16 @@ class Settings:
         settings.validate()
         return settings
 
+    def to_env(self) -> dict[str, str]:
+        """The EVENTIDE_* variables that reproduce these settings in a child process
+        (secrets in clear: a child needs the real value)."""
+        env = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            text = value.reveal() if isinstance(value, SecretUrl) else str(value)
+            env[PREFIX + f.name.upper()] = text
+        return env
+
     def validate(self) -> None:
         """Check cross-field rules; raise :class:`SettingsError` naming the variable."""
         self.bootstrap_servers  # parses the URL  # noqa: B018

@@ -56,3 +56,15 @@ def test_settings_are_frozen():
     s = Settings.from_env({})
     with pytest.raises(AttributeError):
         s.partitions = 3  # type: ignore[misc]
+
+
+def test_to_env_reproduces_the_settings_with_secrets_in_clear():
+    s = Settings.from_env(
+        {
+            "EVENTIDE_PARTITIONS": "3",
+            "EVENTIDE_DATABASE_URL": "postgresql://u:s3cret@127.0.0.1:5432/db",
+        }
+    )
+    env = s.to_env()
+    assert env["EVENTIDE_DATABASE_URL"] == "postgresql://u:s3cret@127.0.0.1:5432/db"
+    assert Settings.from_env(env) == s
