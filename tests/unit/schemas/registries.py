@@ -69,3 +69,27 @@ def make_registry(
     """A loaded (and checked) registry of ``schemas``."""
     write_registry(root, schemas)
     return Registry.load(root, upcasters or {})
+
+
+def avro_values(schema, primitives, max_array):
+    """A hypothesis strategy of valid values of an Avro schema (the subset the
+    registry admits), drawing primitives from ``primitives`` (type name → strategy)."""
+    from hypothesis import strategies as st
+
+    def values(node):
+        if isinstance(node, str):
+            return primitives[node]
+        if isinstance(node, list):
+            return st.one_of(*(values(branch) for branch in node))
+        kind = node["type"]
+        if kind == "record":
+            return st.fixed_dictionaries({f["name"]: values(f["type"]) for f in node["fields"]})
+        if kind == "enum":
+            return st.sampled_from(node["symbols"])
+        if kind == "array":
+            return st.lists(values(node["items"]), max_size=max_array)
+        if kind == "map":
+            return st.dictionaries(st.text(max_size=5), values(node["values"]), max_size=3)
+        return values(kind)
+
+    return values(schema)

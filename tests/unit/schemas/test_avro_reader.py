@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from schemas import DecodeError, EventCodec, new_event
 from schemas.avro_reader import MalformedAvro, Unsupported, compile_reader, read_value
 
-from .registries import make_registry, order_placed
+from .registries import avro_values, make_registry, order_placed
 from .test_properties import PROPERTY, REGISTRY
 
 CODEC = EventCodec(REGISTRY)
@@ -31,20 +31,7 @@ PRIMITIVES = {
 
 def values(schema):
     """Valid values of an Avro schema (the subset the registry admits), NaN included."""
-    if isinstance(schema, str):
-        return PRIMITIVES[schema]
-    if isinstance(schema, list):
-        return st.one_of(*(values(branch) for branch in schema))
-    kind = schema["type"]
-    if kind == "record":
-        return st.fixed_dictionaries({f["name"]: values(f["type"]) for f in schema["fields"]})
-    if kind == "enum":
-        return st.sampled_from(schema["symbols"])
-    if kind == "array":
-        return st.lists(values(schema["items"]), max_size=5)
-    if kind == "map":
-        return st.dictionaries(st.text(max_size=5), values(schema["values"]), max_size=3)
-    return values(kind)
+    return avro_values(schema, PRIMITIVES, max_array=5)
 
 
 def fastavro_encode(schema, value):

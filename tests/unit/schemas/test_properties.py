@@ -9,6 +9,8 @@ from hypothesis import strategies as st
 from schemas import Envelope, EventCodec, EventError, Registry
 from schemas.limits import json_depth
 
+from .registries import avro_values
+
 REGISTRY = Registry.load()
 CODEC = EventCodec(REGISTRY)
 NEWEST = [REGISTRY.latest(name) for name in REGISTRY.names]
@@ -31,20 +33,7 @@ PRIMITIVES = {
 
 def values(schema):
     """A strategy of valid values of an Avro schema (the subset the registry admits)."""
-    if isinstance(schema, str):
-        return PRIMITIVES[schema]
-    if isinstance(schema, list):
-        return st.one_of(*(values(branch) for branch in schema))
-    kind = schema["type"]
-    if kind == "record":
-        return st.fixed_dictionaries({f["name"]: values(f["type"]) for f in schema["fields"]})
-    if kind == "enum":
-        return st.sampled_from(schema["symbols"])
-    if kind == "array":
-        return st.lists(values(schema["items"]), max_size=4)
-    if kind == "map":
-        return st.dictionaries(st.text(max_size=5), values(schema["values"]), max_size=3)
-    return values(kind)
+    return avro_values(schema, PRIMITIVES, max_array=4)
 
 
 optional_id = st.none() | st.uuids().map(str)
