@@ -102,7 +102,7 @@ class EventCodec:
         """The schemas and their ids (checked when loaded)."""
         self.limits = limits if limits is not None else Limits()
         """Size, depth and length limits applied to every record."""
-        self._memo: dict[tuple[int, str | None], tuple[Any, Envelope]] = {}
+        self._memo: dict[int, tuple[Any, Envelope]] = {}
         lim = self.limits
         self._max_bytes = lim.max_record_bytes
         self._max_depth = lim.max_json_depth
@@ -145,7 +145,7 @@ class EventCodec:
         A record that feeds several projections is decoded once: the last
         values decoded are remembered by identity (Envelopes are immutable).
         """
-        key = (id(value), _form_of(headers))
+        key = id(value)  # the same value object comes with the same headers
         memo = self._memo.get(key)
         if memo is not None and memo[0] is value:
             return memo[1]

@@ -58,21 +58,26 @@ def create_app(settings: Settings) -> EventideApp:
     from schemas.codecs import EventCodec
     from tables.views import register_views
 
-    from .engine import ProjectionEngine
+    from .engine import Projection, ProjectionEngine
     from .sinks import build_sink
 
     codec = EventCodec.from_settings(settings)  # loads and checks the schema registry
     app = faust.App(settings.app_id, **faust_options(settings))
-    notifications = NotificationsProjection(settings, codec, build_sink(settings))
-    engine = ProjectionEngine(
-        settings,
-        [OrdersProjection(settings, codec), CustomersProjection(settings, codec), notifications],
-        loop=app.loop,
-    )
+    names = settings.projection_names
+    projections: list[Projection] = []
+    if "orders" in names:
+        projections.append(OrdersProjection(settings, codec))
+    if "customers" in names:
+        projections.append(CustomersProjection(settings, codec))
+    if "notifications" in names:
+        notifications = NotificationsProjection(settings, codec, build_sink(settings))
+        projections.append(notifications)
 
-    @app.on_before_shutdown.connect
-    def close_notification_sink(sender: Any, /, *args: Any, **kw: Any) -> Awaitable[None]:
-        return notifications.close()  # reopened if a last batch still sends
+        @app.on_before_shutdown.connect
+        def close_notification_sink(sender: Any, /, *args: Any, **kw: Any) -> Awaitable[None]:
+            return notifications.close()  # reopened if a last batch still sends
+
+    engine = ProjectionEngine(settings, projections, loop=app.loop)
 
     @app.task
     async def start_projections() -> None:

@@ -370,17 +370,17 @@ class ProjectionEngine(Service):
             skipped, invalid = self.events_skipped, self.events_invalid
             from_retry = tp.topic in self.retry_topics
             handle = self.router.handle
-            last = None
+            done = 0  # records of the partition handled (a held retry stops the loop)
             for record in records:
                 if record.offset <= applied:
                     self.events_skipped += 1
-                    last = record
+                    done += 1
                     continue
                 outcome = handle(projection, ctx, record, from_retry)
                 if outcome is Outcome.WAIT:  # not due yet: hold the retry partition
                     self._hold(tp, record)
                     break
-                last = record
+                done += 1
                 if outcome is not Outcome.APPLIED:
                     self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
                     if outcome is Outcome.INVALID:
@@ -390,9 +390,10 @@ class ProjectionEngine(Service):
                         self.metrics.retried(projection.table, tp.topic)
                     elif outcome is Outcome.DEAD:
                         self.metrics.dead_letter(projection.table, tp.topic, "exhausted")
-            if last is None:
+            if not done:
                 continue
-            records = records[: records.index(last) + 1]
+            if done < len(records):
+                records = records[:done]
             self.events_processed += len(records)
             self.metrics.partition_done(
                 projection.table,
@@ -645,10 +646,13 @@ class ProjectionEngine(Service):
     def lookup(self, table: str, key: str) -> tuple[str, Any]:
         """Find ``key`` in ``table``.
 
-        Returns ("local", document or None), ("remote", owner URL) or
-        ("unavailable", None) while partitions are being assigned.
+        Returns ("local", document or None), ("remote", owner URL),
+        ("unavailable", None) while partitions are being assigned, or
+        ("absent", None) when this worker does not run the table's projection.
         """
-        projection = self.by_table[table]
+        projection = self.by_table.get(table)
+        if projection is None:
+            return "absent", None
         raw = key.encode()
         partition = self.partitioner(raw)
         store = self.stores.get((table, partition))

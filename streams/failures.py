@@ -191,7 +191,7 @@ class FailureRouter:
         if from_retry:
             return self._handle_retry(projection, ctx, record)
         ordered = projection.ordered_retries and record.key is not None
-        if ordered:
+        if ordered and ctx.tx.may_have(STATE_PREFIX):
             state = ctx.tx.get(STATE_PREFIX + record.key)
             if state:  # an earlier record of this key waits in retry: queue behind it
                 self._to_retry(ctx, record, seq=state["next"], attempt=0, error="", first=0)

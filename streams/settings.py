@@ -112,6 +112,10 @@ class Settings:
     retry_backoff_max_ms: int = 60_000
     """EVENTIDE_RETRY_BACKOFF_MAX_MS: longest delay between two attempts."""
 
+    projections: str = "orders,customers,notifications"
+    """EVENTIDE_PROJECTIONS: the projections this worker runs, comma-separated, of
+    ``orders``, ``customers`` and ``notifications`` (see :data:`PROJECTIONS`)."""
+
     standby_replicas: int = 0
     """EVENTIDE_STANDBY_REPLICAS: other workers that keep a warm copy of each table
     partition by following its changelog, so a failover restores only the tail."""
@@ -226,6 +230,11 @@ class Settings:
     def broker_port(self) -> int:
         """Port of the first bootstrap server: the dev broker listens there."""
         return int(self.bootstrap_servers[0].rsplit(":", 1)[1])
+
+    @property
+    def projection_names(self) -> tuple[str, ...]:
+        """:attr:`projections` as a tuple of names."""
+        return tuple(self.projections.split(","))
 
     @property
     def projection_group(self) -> str:
@@ -360,6 +369,20 @@ def _http_url(var: str, value: str) -> SecretUrl:
     return SecretUrl(url)
 
 
+PROJECTIONS = ("orders", "customers", "notifications")
+"""Every projection a worker can run (EVENTIDE_PROJECTIONS)."""
+
+
+def _projections(var: str, value: str) -> str:
+    names = [n.strip().lower() for n in value.split(",") if n.strip()]
+    unknown = [n for n in names if n not in PROJECTIONS]
+    if unknown or not names:
+        raise SettingsError(
+            f"{var}={value!r}: expected a comma-separated list of {', '.join(PROJECTIONS)}"
+        )
+    return ",".join(n for n in PROJECTIONS if n in names)
+
+
 def _heap(var: str, value: str) -> str:
     v = value.strip().lower()
     if not (v[:-1].isdigit() and v[-1] in "mg"):
@@ -387,6 +410,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "batch_max_records": _int(1, 1_000_000),
     "batch_max_wait_ms": _int(0, 60_000),
     "session_timeout_ms": _int(6_000, 300_000),
+    "projections": _projections,
     "standby_replicas": _int(0, 3),
     "retry_attempts": _int(0, 100),
     "retry_backoff_ms": _int(0, 3_600_000),

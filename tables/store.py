@@ -55,11 +55,30 @@ class PartitionStore:
         self._db = Rdict(str(path), (options or RocksDBOptions()).to_options())
         raw = self._db.get(OFFSETS_KEY)
         self._offsets: dict[str, int] = orjson.loads(raw) if raw else {}
+        self._prefixes: dict[bytes, bool] = {}
+        """Metadata prefix → whether some stored key starts with it (see :meth:`has_prefix`)."""
 
     def get(self, key: bytes) -> Any | None:
         """The decoded value stored under ``key``, or None."""
         raw = self._db.get(key)
         return None if raw is None else orjson.loads(raw)
+
+    def has_prefix(self, prefix: bytes) -> bool:
+        """Whether some stored key starts with ``prefix`` (a metadata prefix).
+
+        Lets a hot path skip point lookups that would all miss, such as the
+        per-key retry state of a partition with nothing in retry. The answer
+        is looked up once per prefix and kept true by :meth:`write`; it may
+        stay true after the keys are deleted (a lookup then just misses).
+        """
+        present = self._prefixes.get(prefix)
+        if present is None:
+            it = self._db.iter()
+            it.seek(prefix)
+            present = it.valid() and bytes(it.key()).startswith(prefix)
+            del it
+            self._prefixes[prefix] = present
+        return present
 
     def offset(self, source: str) -> int:
         """Last offset of ``source`` (a topic, or the changelog) applied here; -1 if none."""
@@ -76,11 +95,16 @@ class PartitionStore:
     def write(self, values: dict[bytes, bytes | None], offsets: dict[str, int]) -> None:
         """Write encoded values (None deletes) and new offsets in one WriteBatch."""
         batch = WriteBatch(raw_mode=True)
+        absent = [p for p, present in self._prefixes.items() if not present]
         for key, value in values.items():
             if value is None:
                 batch.delete(key)
             else:
                 batch.put(key, value)
+                if absent and key[:1] == META_PREFIX:
+                    for prefix in absent:
+                        if key.startswith(prefix):
+                            self._prefixes[prefix] = True
         merged = {**self._offsets, **offsets}
         batch.put(OFFSETS_KEY, orjson.dumps(merged))
         self._db.write(batch)
@@ -116,6 +140,8 @@ class Transaction:
         self.updates: dict[bytes, Any] = {}
         self.offsets: dict[str, int] = {}
         self._raw: dict[bytes, bytes] = {}
+        self.meta_written = False
+        """Whether this transaction wrote a metadata key (``\\x00...``)."""
 
     def get(self, key: bytes) -> Any | None:
         """The value as of this transaction."""
@@ -126,6 +152,16 @@ class Transaction:
             return parent.updates[key]
         return self.store.get(key)
 
+    def may_have(self, prefix: bytes) -> bool:
+        """False only if no key starting with ``prefix`` (a metadata prefix) can
+        exist as of this transaction: :meth:`get` of any such key would miss."""
+        tx: Transaction | None = self
+        while tx is not None:
+            if tx.meta_written:
+                return True
+            tx = tx.parent
+        return self.store.has_prefix(prefix)
+
     def set(self, key: bytes, value: Any, encoded: bytes | None = None) -> None:
         """Write a JSON-serialisable value (None deletes the key).
 
@@ -133,6 +169,8 @@ class Transaction:
         encoding the value a second time.
         """
         self.updates[key] = value
+        if key[:1] == META_PREFIX:
+            self.meta_written = True
         if encoded is None:
             self._raw.pop(key, None)
         else:

@@ -34,6 +34,11 @@ def register_views(app: faust.App, engine: ProjectionEngine) -> None:
             if found is None:
                 return view.json({"error": f"{id_field[:-2]} not found", id_field: key}, status=404)
             return view.json(found)
+        if where == "absent":
+            return view.json(
+                {"error": f"this worker does not run the {table} read model", id_field: key},
+                status=404,
+            )
         if where == "remote" and FORWARDED not in request.headers:
             return await _proxy(app, view, request, found)
         return view.json(
