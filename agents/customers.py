@@ -15,7 +15,14 @@ from schemas.exceptions import DecodeError, ValidationError
 from streams.engine import BatchContext, Projection
 from streams.settings import Settings
 from streams.topics import CUSTOMER_FACTS, USER_EVENTS
-from tables.customers import TABLE_NAME, apply_order_fact, apply_user_created, customer_view
+from tables.customers import (
+    TABLE_NAME,
+    apply_order_fact,
+    apply_user_created,
+    customer_view,
+    order_key,
+    upgrade_document,
+)
 
 USER_EVENT_NAMES = frozenset({"user.created"})
 
@@ -52,9 +59,24 @@ class CustomersProjection(Projection):
         except orjson.JSONDecodeError as exc:
             raise DecodeError(f"customer fact is not valid JSON: {exc}") from exc
         key = fact["customerId"].encode()
-        doc = apply_order_fact(ctx.tx.get(key), fact)
-        if doc is not None:
-            ctx.tx.set(key, doc)
+        entry_key = order_key(fact["orderId"])
+        tx = ctx.tx
+        doc = tx.get(key)
+        if doc is not None and "orders" in doc:  # stored by an earlier version
+            doc = self._upgrade(ctx, key, doc)
+        applied = apply_order_fact(doc, tx.get(entry_key), fact)
+        if applied is not None:
+            tx.set(key, applied[0])
+            tx.set(entry_key, applied[1])
+
+    @staticmethod
+    def _upgrade(ctx: BatchContext, key: bytes, doc: dict[str, Any]) -> dict[str, Any]:
+        doc, entries = upgrade_document(doc)
+        for order_id, entry in entries.items():
+            if ctx.tx.get(order_key(order_id)) is None:
+                ctx.tx.set(order_key(order_id), entry)
+        ctx.tx.set(key, doc)
+        return doc
 
     def view(self, stored: Any) -> Any:
         return customer_view(stored)

@@ -217,6 +217,8 @@ class ProjectionEngine(Service):
         self._producer: AIOKafkaProducer | None = None
         self._sender: BatchSender | None = None
         self._pending: _InFlight | None = None
+        self._uncommitted: dict[TopicPartition, int] = {}
+        """Positions applied by the stores beyond the group's committed offsets."""
         self.events_processed = 0
         self.outcomes: dict[str, int] = {}
         """Records by failure-path outcome (retried, parked, dead-lettered, ...)."""
@@ -458,6 +460,8 @@ class ProjectionEngine(Service):
         """Wait for the in-flight batch's acks, write it to RocksDB, commit its offsets."""
         inflight, self._pending = self._pending, None
         if inflight is None:
+            if self._uncommitted:
+                await self._commit(self._uncommitted)
             return
         assert self._consumer is not None
         last = await inflight.submitted.acknowledged()
@@ -465,13 +469,21 @@ class ProjectionEngine(Service):
             ctx.tx.applied(CHANGELOG, last[(self.changelog_topic(table), partition)])
             ctx.tx.commit(inflight.encoded[(table, partition)])
         self.metrics.batch_committed(inflight)
-        if inflight.commits:
-            try:
-                await self._consumer.commit(inflight.commits)
-                self.metrics.committed(inflight.commits)
-            except CommitFailedError as exc:
-                # The stores hold the applied offsets; the next owner seeks past them.
-                logger.info("offset commit skipped during a rebalance: %s", exc)
+        if inflight.commits or self._uncommitted:
+            await self._commit(inflight.commits)
+
+    async def _commit(self, commits: dict[TopicPartition, int]) -> None:
+        assert self._consumer is not None
+        assigned = self._consumer.assignment()
+        offsets = {tp: o for tp, o in self._uncommitted.items() if tp in assigned}
+        offsets.update(commits)
+        self._uncommitted = {}
+        try:
+            await self._consumer.commit(offsets)
+            self.metrics.committed(offsets)
+        except CommitFailedError as exc:
+            # The stores hold the applied offsets; the next owner seeks past them.
+            logger.info("offset commit skipped during a rebalance: %s", exc)
 
     # -- rebalancing and recovery -------------------------------------------
 
@@ -510,6 +522,10 @@ class ProjectionEngine(Service):
                 committed = await self._consumer.committed(tp)
                 position = max(applied + 1, committed or 0)
                 self._consumer.seek(tp, position)
+                if position > (committed or 0):
+                    # Applied but not committed (a crash between the two): commit it
+                    # with the next batch, or at once if nothing new arrives.
+                    self._uncommitted[tp] = position
             self.ready = True
             logger.info(
                 "assigned %d partitions; restored %d changelog records in %.2fs; ready",

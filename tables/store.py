@@ -140,8 +140,8 @@ class Transaction:
         self.updates: dict[bytes, Any] = {}
         self.offsets: dict[str, int] = {}
         self._raw: dict[bytes, bytes] = {}
-        self.meta_written = False
-        """Whether this transaction wrote a metadata key (``\\x00...``)."""
+        self.meta_prefixes: set[bytes] = set()
+        """Prefixes (up to the first ``:``) of the metadata keys this transaction wrote."""
 
     def get(self, key: bytes) -> Any | None:
         """The value as of this transaction."""
@@ -153,11 +153,12 @@ class Transaction:
         return self.store.get(key)
 
     def may_have(self, prefix: bytes) -> bool:
-        """False only if no key starting with ``prefix`` (a metadata prefix) can
-        exist as of this transaction: :meth:`get` of any such key would miss."""
+        """False only if no key starting with ``prefix`` can exist as of this
+        transaction: :meth:`get` of any such key would miss. ``prefix`` is a
+        metadata prefix ending with ``:``, such as ``b"\\x00retry:"``."""
         tx: Transaction | None = self
         while tx is not None:
-            if tx.meta_written:
+            if prefix in tx.meta_prefixes:
                 return True
             tx = tx.parent
         return self.store.has_prefix(prefix)
@@ -170,7 +171,7 @@ class Transaction:
         """
         self.updates[key] = value
         if key[:1] == META_PREFIX:
-            self.meta_written = True
+            self.meta_prefixes.add(key[: key.find(b":") + 1] or key)
         if encoded is None:
             self._raw.pop(key, None)
         else:

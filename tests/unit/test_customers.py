@@ -1,0 +1,132 @@
+"""The customers read model: facts applied as versioned upserts of running statistics."""
+
+import itertools
+import random
+from types import SimpleNamespace
+
+import orjson
+import pytest
+
+from agents.customers import CustomersProjection
+from schemas.codecs import EventCodec
+from streams.engine import BatchContext
+from streams.settings import Settings
+from tables.customers import customer_view, order_key
+from tables.store import PartitionStore
+
+
+def fact(order, version, placed=None, paid=None, customer="c-1"):
+    return {
+        "orderId": order,
+        "customerId": customer,
+        "version": version,
+        "placedAt": placed,
+        "paidAmount": paid,
+    }
+
+
+@pytest.fixture
+def projection():
+    return CustomersProjection(Settings.from_env({}), EventCodec())
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = PartitionStore(tmp_path / "customers-0")
+    yield s
+    s.close()
+
+
+def apply_all(projection, store, facts, commit_every=3):
+    """Feed facts as records, committing a batch every few records."""
+    tx = store.begin()
+    for n, f in enumerate(facts, 1):
+        record = SimpleNamespace(topic=projection.facts_topic, value=orjson.dumps(f), key=None)
+        projection.apply(BatchContext(tx), record)
+        if n % commit_every == 0:
+            tx.commit()
+            tx = store.begin()
+    tx.commit()
+
+
+def served(projection, store, customer="c-1"):
+    return projection.view(store.get(customer.encode()))
+
+
+LIFECYCLE = [
+    fact("o-1", 1, placed="2026-11-01T10:00:00Z"),
+    fact("o-1", 2, placed="2026-11-01T10:00:00Z", paid=20.5),
+    fact("o-2", 1, placed="2026-11-03T09:00:00Z"),
+    fact("o-3", 1, placed="2026-11-02T08:00:00Z"),
+    fact("o-3", 2, placed="2026-11-02T08:00:00Z", paid=4.25),
+]
+EXPECTED = {
+    "customerId": "c-1",
+    "email": None,
+    "name": None,
+    "createdAt": None,
+    "orderCount": 3,
+    "totalSpent": 24.75,
+    "lastOrderAt": "2026-11-03T09:00:00Z",
+}
+
+
+def test_statistics_follow_the_facts(projection, store):
+    apply_all(projection, store, LIFECYCLE)
+    assert served(projection, store) == EXPECTED
+    assert store.get(order_key("o-1")) == [2, "2026-11-01T10:00:00Z", 20.5]
+
+
+def test_duplicates_replays_and_stale_facts_change_nothing(projection, store):
+    rng = random.Random(3)
+    for _ in range(20):
+        shuffled = LIFECYCLE * 2  # every fact twice
+        rng.shuffle(shuffled)
+        s = PartitionStore(store.path.parent / f"shuffled-{rng.random()}")
+        apply_all(projection, s, shuffled, commit_every=rng.randint(1, 4))
+        assert served(projection, s) == EXPECTED, shuffled
+        s.close()
+
+
+def test_a_later_fact_replaces_the_order_contribution(projection, store):
+    apply_all(projection, store, [fact("o-1", 2, placed="2026-11-01T10:00:00Z", paid=10.0)])
+    apply_all(projection, store, [fact("o-1", 3, placed="2026-11-01T10:00:00Z", paid=12.0)])
+    view = served(projection, store)
+    assert (view["orderCount"], view["totalSpent"]) == (1, 12.0)
+
+
+def test_a_document_of_the_earlier_format_is_upgraded(projection, store):
+    legacy = {
+        "customerId": "c-1",
+        "email": "a@example.com",
+        "name": "A",
+        "createdAt": "2026-10-01T00:00:00Z",
+        "orders": {"o-1": [2, "2026-11-01T10:00:00Z", 20.5], "o-2": [1, None, None]},
+    }
+    store.write({b"c-1": orjson.dumps(legacy)}, {})
+    assert served(projection, store)["orderCount"] == 1  # served as before
+    apply_all(
+        projection,
+        store,
+        [
+            fact("o-1", 2, placed="2026-11-01T10:00:00Z", paid=20.5),  # a replay
+            fact("o-3", 1, placed="2026-11-05T10:00:00Z"),
+        ],
+    )
+    stored = store.get(b"c-1")
+    assert "orders" not in stored
+    assert served(projection, store) == {
+        **{k: legacy[k] for k in ("customerId", "email", "name", "createdAt")},
+        "orderCount": 2,
+        "totalSpent": 20.5,
+        "lastOrderAt": "2026-11-05T10:00:00Z",
+    }
+
+
+def test_cost_of_a_fact_does_not_grow_with_the_customer_orders(projection, store):
+    facts = [fact(f"o-{n}", 1, placed=f"2026-11-01T10:{n % 60:02d}:00Z") for n in range(500)]
+    apply_all(projection, store, facts, commit_every=50)
+    stored_size = len(orjson.dumps(store.get(b"c-1")))
+    assert stored_size < 300  # one document of counters, not one entry per order
+    assert customer_view(store.get(b"c-1"))["orderCount"] == 500
+    assert len(list(itertools.islice(store.items(), 10))) == 1  # entries are not served
