@@ -422,11 +422,12 @@ class ProjectionEngine(Service):
         # offsets meta record reached the broker means this batch is done, and
         # a restart will not redo it, so its outputs must be there already.
         sender = self._sender
+        add, partitioner = sender.add, self.partitioner
         for ctx in contexts.values():
             for (topic, _), (ok, ov) in ctx.outputs.items():
-                await sender.append(topic, self.partitioner(ok), ok, ov)
+                add(topic, partitioner(ok), ok, ov)
             for topic, rk, rv, headers, part in ctx.sends:
-                await sender.append(topic, part, rk, rv, headers)
+                add(topic, part, rk, rv, headers)
         outputs = await sender.submit()
         await self.complete_pending()  # the previous batch, meanwhile
         await outputs.acknowledged()
@@ -435,8 +436,8 @@ class ProjectionEngine(Service):
             changelog = self.changelog_topic(table)
             values = encoded[(table, partition)] = ctx.tx.encoded()
             for k, v in values.items():
-                await sender.append(changelog, partition, k, v)
-            await sender.append(changelog, partition, OFFSETS_KEY, orjson.dumps(ctx.tx.offsets))
+                add(changelog, partition, k, v)
+            add(changelog, partition, OFFSETS_KEY, orjson.dumps(ctx.tx.offsets))
             self.metrics.changelog_written(table, len(values) + 1)
         submitted = await sender.submit()
         self._pending = _InFlight(contexts, encoded, commits, submitted)

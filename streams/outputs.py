@@ -2,8 +2,9 @@
 
 ``aiokafka``'s ``send()`` costs tens of microseconds per record; appending to
 a ``BatchBuilder`` and sending whole batches costs a few. :class:`BatchSender`
-collects one flush's records per (topic, partition), in order, and
-:meth:`BatchSender.flush` sends them and waits for every acknowledgement.
+collects one flush's records per (topic, partition), in order (``add`` is
+synchronous: no coroutine per record), and :meth:`BatchSender.flush` sends them
+and waits for every acknowledgement.
 """
 
 from __future__ import annotations
@@ -40,9 +41,32 @@ class BatchSender:
     def __init__(self, producer: AIOKafkaProducer) -> None:
         self._producer = producer
         self._builders: dict[tuple[str, int], Any] = {}
+        self._full: list[tuple[tuple[str, int], Any]] = []
+        """Full batches not yet handed to the producer, in the order they filled."""
         self._pending: list[asyncio.Future[Any]] = []
         self._last: dict[tuple[str, int], tuple[asyncio.Future[Any], int]] = {}
         self.records = 0
+
+    def add(
+        self,
+        topic: str,
+        partition: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> None:
+        """Add a record (no I/O: a full batch waits for :meth:`submit`, in order)."""
+        tp = (topic, partition)
+        builder = self._builders.get(tp)
+        if builder is None:
+            builder = self._builders[tp] = self._producer.create_batch()
+        hdrs = headers if type(headers) is list else list(headers)
+        if builder.append(key=key, value=value, timestamp=None, headers=hdrs) is None:
+            self._full.append((tp, builder))
+            builder = self._builders[tp] = self._producer.create_batch()
+            if builder.append(key=key, value=value, timestamp=None, headers=hdrs) is None:
+                raise ValueError(f"record of {len(value or b'')} bytes exceeds max_batch_size")
+        self.records += 1
 
     async def append(
         self,
@@ -53,16 +77,14 @@ class BatchSender:
         headers: Sequence[tuple[str, bytes]] = (),
     ) -> None:
         """Add a record; a full batch is handed to the producer at once."""
-        tp = (topic, partition)
-        builder = self._builders.get(tp)
-        if builder is None:
-            builder = self._builders[tp] = self._producer.create_batch()
-        if builder.append(key=key, value=value, timestamp=None, headers=list(headers)) is None:
+        self.add(topic, partition, key, value, headers)
+        if self._full:
+            await self._submit_full()
+
+    async def _submit_full(self) -> None:
+        full, self._full = self._full, []
+        for tp, builder in full:
             await self._submit(tp, builder)
-            builder = self._builders[tp] = self._producer.create_batch()
-            if builder.append(key=key, value=value, timestamp=None, headers=list(headers)) is None:
-                raise ValueError(f"record of {len(value or b'')} bytes exceeds max_batch_size")
-        self.records += 1
 
     async def _submit(self, tp: tuple[str, int], builder: Any) -> None:
         count = builder.record_count()
@@ -72,6 +94,7 @@ class BatchSender:
 
     async def submit(self) -> Submitted:
         """Hand everything collected to the producer; the acknowledgements come later."""
+        await self._submit_full()
         for tp, builder in self._builders.items():
             if builder.record_count():
                 await self._submit(tp, builder)
