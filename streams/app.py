@@ -25,6 +25,8 @@ class EventideApp:
     """The settings it was built from."""
     engine: Any
     """The batch projection engine (owns the read-model stores)."""
+    rebuilds: Any
+    """Rebuilds of read models on this worker (streams/rebuild.py)."""
 
 
 def faust_options(settings: Settings) -> dict[str, Any]:
@@ -59,6 +61,7 @@ def create_app(settings: Settings) -> EventideApp:
     from tables.views import register_views
 
     from .engine import ProjectionEngine
+    from .rebuild import RebuildManager
     from .sinks import build_sink
 
     codec = EventCodec.from_settings(settings)  # loads and checks the schema registry
@@ -84,5 +87,6 @@ def create_app(settings: Settings) -> EventideApp:
         # Log end offsets from the broker, so lag grows even when nothing is fetched.
         await engine.metrics.refresh_lag(engine.consumer)
 
-    register_views(app, engine)
-    return EventideApp(app=app, settings=settings, engine=engine)
+    rebuilds = RebuildManager(engine)
+    register_views(app, engine, rebuilds)
+    return EventideApp(app=app, settings=settings, engine=engine, rebuilds=rebuilds)

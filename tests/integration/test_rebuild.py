@@ -1,0 +1,167 @@
+"""``eventide rebuild``: a corrupted read model rebuilt from the events, live."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import subprocess
+import sys
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from benchmarks.crash import audit, publish_slowly, wait_drained
+from benchmarks.workload import Workload, expected_state, make_workload, publish
+from streams.outputs import KeyPartitioner
+from streams.rebuild_client import _request
+from streams.settings import Settings
+from streams.topics import ORDER_EVENTS, ensure_topics
+from tables.customers import customer_view
+from tests.fixtures.worker import settings_env
+
+pytestmark = pytest.mark.integration
+
+
+def rebuild_cli(
+    settings: Settings, *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    """``eventide rebuild ARGS`` as a subprocess, with the settings' environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "streams.cli", "rebuild", *args],
+        env={**os.environ, **settings_env(settings)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+async def _corrupt(settings: Settings, table: str, docs: dict[str, dict[str, Any]]) -> None:
+    """Write ``docs`` straight to the table's changelog, as a buggy writer would."""
+    topic = settings.topic(f"{settings.app_id}-{table}-changelog")
+    partition = KeyPartitioner(settings.partitions)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        for key, doc in docs.items():
+            raw = key.encode()
+            await producer.send_and_wait(
+                topic, orjson.dumps(doc), key=raw, partition=partition(raw)
+            )
+    finally:
+        await producer.stop()
+
+
+async def _retention(settings: Settings, name: str) -> str:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        [response] = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, settings.topic(name))]
+        )
+    finally:
+        await admin.close()
+    entries = response.to_object()["resources"][0]["config_entries"]
+    return next(e["config_value"] for e in entries if e["config_names"] == "retention.ms")
+
+
+def test_rebuild_repairs_a_corrupted_read_model_while_events_flow(make_settings, worker_factory):
+    settings = make_settings(EVENTIDE_BATCH_MAX_RECORDS="500")
+    work = make_workload(orders=2500, customers=300, seed=61, duplicate_rate=0.03)
+    cut = len(work.orders) * 6 // 10
+    before = Workload(users=work.users, orders=work.orders[:cut])
+    asyncio.run(ensure_topics(settings))
+    assert asyncio.run(_retention(settings, ORDER_EVENTS.name)) == "-1"  # history kept
+
+    worker = worker_factory(settings).start()
+    asyncio.run(publish(settings, before))
+    wait_drained(settings)
+    assert worker.stop() == 0
+
+    # A bug wrote wrong documents to the changelogs; the worker loses its local
+    # files and recovers them: the read models now serve the bogus values.
+    orders_then, _ = expected_state(before)
+    rng = random.Random(5)
+    bad_orders = {
+        k: {**v, "status": "cancelled", "items": [], "totalAmount": 0.0}
+        for k, v in rng.sample(sorted(orders_then.items()), 60)
+    }
+    bad_customers = {
+        e.data["userId"]: {
+            "customerId": e.data["userId"],
+            "email": "lost@example.com",
+            "name": "?",
+            "createdAt": None,
+            "orders": {},
+        }
+        for e in rng.sample(work.users, 30)
+    }
+    asyncio.run(_corrupt(settings, "orders", bad_orders))
+    asyncio.run(_corrupt(settings, "customers", bad_customers))
+    shutil.rmtree(settings.data_dir)
+    worker = worker_factory(settings).start()
+    assert audit(settings.web_url, bad_orders, "orders") == {}
+    bogus_views = {k: customer_view(v) for k, v in bad_customers.items()}
+    assert audit(settings.web_url, bogus_views, "customers") == {}
+
+    # Rebuild both while the rest of the events arrive.
+    rest = Workload(users=[], orders=work.orders[cut:])
+    publisher = publish_slowly(settings, rest, chunks=8, pause=0.5)
+    url = f"{settings.web_url}/admin/rebuild/orders"
+    assert _request("POST", url)[0] == 202
+    code, body = _request("POST", url)
+    assert code == 409, body
+    assert body["state"] == "running" and "already running" in body["error"]
+    run = rebuild_cli(settings, "orders")  # follows the one already running
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "already running; following it" in run.stdout
+    assert "rebuild of orders switched on 1 worker(s)" in run.stdout
+    run = rebuild_cli(settings, "customers", "--worker", settings.web_url)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "rebuild of customers switched on 1 worker(s)" in run.stdout
+    code, status = _request("GET", url)
+    assert code == 200 and status["state"] == "switched"
+    assert status["recordsDone"] == status["recordsTotal"] > 0
+    assert status["recordsInvalid"] == status["recordsFailed"] == 0
+    assert status["tombstones"] == 0
+
+    publisher.join(120)
+    wait_drained(settings)
+    exp_orders, exp_customers = expected_state(work)
+    assert audit(settings.web_url, exp_orders, "orders") == {}
+    assert audit(settings.web_url, exp_customers, "customers") == {}
+    assert "rebuild of orders switched" in worker.output()
+    assert worker.stop() == 0
+
+    # The changelogs hold the rebuilt models: a worker without local files gets them.
+    shutil.rmtree(settings.data_dir)
+    worker = worker_factory(settings).start()
+    assert audit(settings.web_url, exp_orders, "orders") == {}
+    assert audit(settings.web_url, exp_customers, "customers") == {}
+
+
+def test_rebuild_refuses_unknown_and_side_effect_read_models(make_settings, worker_factory):
+    settings = make_settings()
+    worker_factory(settings).start()
+    run = rebuild_cli(settings, "nope")
+    assert run.returncode == 2
+    assert "no read model named 'nope'; the read models are: customers, notifications, orders" in (
+        run.stderr
+    )
+    run = rebuild_cli(settings, "notifications")
+    assert run.returncode == 2
+    assert "read model 'notifications' cannot be rebuilt: its table records side effects" in (
+        run.stderr
+    )
+    code, body = _request("POST", f"{settings.web_url}/admin/rebuild/notifications")
+    assert code == 400 and "cannot be rebuilt" in body["error"]
+    code, body = _request("GET", f"{settings.web_url}/admin/rebuild/nope")
+    assert code == 404 and body["table"] == "nope"
+    code, body = _request("GET", f"{settings.web_url}/admin/rebuild/orders")
+    assert code == 200 and body["state"] == "idle"
+    assert body["workers"] == [settings.web_url]
