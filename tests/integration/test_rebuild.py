@@ -8,6 +8,7 @@ import random
 import shutil
 import subprocess
 import sys
+import time
 from typing import Any
 
 import orjson
@@ -16,13 +17,20 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from agents import OrdersProjection
 from benchmarks.crash import audit, publish_slowly, wait_drained
 from benchmarks.workload import Workload, expected_state, make_workload, publish
+from schemas.codecs import EventCodec
+from streams.demo import fetch_json
+from streams.engine import ProjectionEngine
 from streams.outputs import KeyPartitioner
+from streams.rebuild import RebuildManager
 from streams.rebuild_client import _request
 from streams.settings import Settings
 from streams.topics import ORDER_EVENTS, ensure_topics
 from tables.customers import customer_view
+from tables.store import PartitionStore
+from tests.fixtures.broker import free_port
 from tests.fixtures.worker import settings_env
 
 pytestmark = pytest.mark.integration
@@ -145,23 +153,83 @@ def test_rebuild_repairs_a_corrupted_read_model_while_events_flow(make_settings,
     assert audit(settings.web_url, exp_customers, "customers") == {}
 
 
-def test_rebuild_refuses_unknown_and_side_effect_read_models(make_settings, worker_factory):
-    settings = make_settings()
-    worker_factory(settings).start()
-    run = rebuild_cli(settings, "nope")
+def test_rebuild_runs_on_every_worker_and_refuses_what_it_cannot_rebuild(
+    make_settings, worker_factory
+):
+    first = make_settings(EVENTIDE_SESSION_TIMEOUT_MS="6000")
+    second = Settings.from_env(
+        {
+            **settings_env(first),
+            "EVENTIDE_WEB_PORT": str(free_port()),
+            "EVENTIDE_DATA_DIR": str(first.data_dir) + "-b",
+        }
+    )
+    work = make_workload(orders=600, customers=100, seed=71, duplicate_rate=0.0)
+    asyncio.run(ensure_topics(first))
+    worker_factory(first).start()
+    worker_factory(second).start()
+    asyncio.run(publish(first, work))
+    wait_drained(first)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not all(
+        fetch_json(f"{s.web_url}/health")[1].get("partitions") for s in (first, second)
+    ):
+        time.sleep(0.5)
+
+    run = rebuild_cli(first, "orders")  # finds the other worker through the first
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "rebuilding orders on 2 worker(s)" in run.stdout
+    assert "rebuild of orders switched on 2 worker(s)" in run.stdout
+    done = 0
+    for s in (first, second):
+        code, status = _request("GET", f"{s.web_url}/admin/rebuild/orders")
+        assert code == 200 and status["state"] == "switched"
+        assert status["workers"] == sorted([first.web_url, second.web_url])
+        done += status["recordsDone"]
+    assert done == len(work.orders)
+    exp_orders, _ = expected_state(work)
+    assert audit(second.web_url, exp_orders, "orders") == {}
+
+    run = rebuild_cli(first, "nope")
     assert run.returncode == 2
     assert "no read model named 'nope'; the read models are: customers, notifications, orders" in (
         run.stderr
     )
-    run = rebuild_cli(settings, "notifications")
+    run = rebuild_cli(first, "notifications")
     assert run.returncode == 2
     assert "read model 'notifications' cannot be rebuilt: its table records side effects" in (
         run.stderr
     )
-    code, body = _request("POST", f"{settings.web_url}/admin/rebuild/notifications")
+    code, body = _request("POST", f"{first.web_url}/admin/rebuild/notifications")
     assert code == 400 and "cannot be rebuilt" in body["error"]
-    code, body = _request("GET", f"{settings.web_url}/admin/rebuild/nope")
+    code, body = _request("GET", f"{first.web_url}/admin/rebuild/nope")
     assert code == 404 and body["table"] == "nope"
-    code, body = _request("GET", f"{settings.web_url}/admin/rebuild/orders")
-    assert code == 200 and body["state"] == "idle"
-    assert body["workers"] == [settings.web_url]
+
+
+async def test_a_rebalance_aborts_a_rebuild_and_leaves_the_live_model_alone(make_settings):
+    settings = make_settings()
+    await ensure_topics(settings)
+    engine = ProjectionEngine(settings, [OrdersProjection(settings, EventCodec())])
+    live = PartitionStore(engine.store_path("orders", 0))
+    live.write({b"o-1": b'{"orderId": "o-1"}'}, {})
+    engine.stores[("orders", 0)] = live
+    engine.ready = True
+    rebuilds = RebuildManager(engine)
+    try:
+        async with engine._lock:  # a live batch: the rebuild waits to switch
+            rebuild = rebuilds.start("orders")
+            shadow = rebuilds.shadow_path("orders", 0)
+            for _ in range(200):
+                if rebuild.phase == "replaying":
+                    break
+                await asyncio.sleep(0.05)
+            assert rebuild.phase == "replaying" and shadow.exists()
+            for listener in engine.rebalance_listeners:  # as on_revoked does
+                await listener("rebalance: 4 partitions revoked")
+        status = rebuilds.status("orders")
+        assert status["state"] == "aborted"
+        assert status["reason"] == "rebalance: 4 partitions revoked"
+        assert not shadow.exists()
+        assert engine.stores[("orders", 0)] is live and live.get(b"o-1") == {"orderId": "o-1"}
+    finally:
+        live.close()
