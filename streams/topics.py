@@ -19,6 +19,7 @@ import logging
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
 from .exceptions import BrokerError, TopicConfigError
@@ -121,6 +122,43 @@ async def ensure_topics(settings: Settings, specs: tuple[TopicSpec, ...] = CATAL
                         f"EVENTIDE_PARTITIONS={settings.partitions}; set EVENTIDE_PARTITIONS="
                         f"{count} or recreate the topic"
                     )
+            kept = [n for n in present if configs.get(n)]
+            if kept:
+                await _warn_on_retention(admin, kept, configs)
         return missing
     finally:
         await admin.close()
+
+
+async def _warn_on_retention(
+    admin: AIOKafkaAdminClient, names: list[str], wanted: dict[str, dict[str, str]]
+) -> None:
+    """Log a warning for each existing topic whose retention deletes the history
+    that ``eventide rebuild`` replays (the topic is left as it is)."""
+    try:
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, n) for n in names]
+        )
+        found = {
+            resource["resource_name"]: {
+                e["config_names"]: e["config_value"] for e in resource["config_entries"]
+            }
+            for response in responses
+            for resource in response.to_object()["resources"]
+        }
+    except Exception as exc:  # a check, never a reason not to start
+        logger.debug("could not read topic configurations: %s", exc)
+        return
+    for name in names:
+        want = wanted[name]["retention.ms"]
+        have = found.get(name, {}).get("retention.ms")
+        if have is not None and have != want:
+            logger.warning(
+                "topic %r deletes events after retention.ms=%s; `eventide rebuild` needs the "
+                "whole history: kafka-configs.sh --alter --entity-type topics --entity-name %s "
+                "--add-config retention.ms=%s",
+                name,
+                have,
+                name,
+                want,
+            )

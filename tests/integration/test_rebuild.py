@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import shutil
@@ -14,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from agents import OrdersProjection
@@ -27,7 +28,7 @@ from streams.outputs import KeyPartitioner
 from streams.rebuild import RebuildManager
 from streams.rebuild_client import _request
 from streams.settings import Settings
-from streams.topics import ORDER_EVENTS, ensure_topics
+from streams.topics import ORDER_EVENTS, USER_EVENTS, ensure_topics
 from tables.customers import customer_view
 from tables.store import PartitionStore
 from tests.fixtures.broker import free_port
@@ -233,3 +234,22 @@ async def test_a_rebalance_aborts_a_rebuild_and_leaves_the_live_model_alone(make
         assert engine.stores[("orders", 0)] is live and live.get(b"o-1") == {"orderId": "o-1"}
     finally:
         live.close()
+
+
+async def test_an_event_topic_that_deletes_history_is_reported_not_changed(make_settings, caplog):
+    settings = make_settings()
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:  # created before Eventide set retention.ms=-1: the broker's 7 days
+        await admin.create_topics([NewTopic(settings.topic(ORDER_EVENTS.name), 4, 1)])
+    finally:
+        await admin.close()
+    with caplog.at_level(logging.WARNING, logger="streams.topics"):
+        await ensure_topics(settings)
+    assert await _retention(settings, ORDER_EVENTS.name) == "604800000"
+    assert await _retention(settings, USER_EVENTS.name) == "-1"
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert warning.startswith(
+        f"topic '{settings.topic(ORDER_EVENTS.name)}' deletes events after "
+        "retention.ms=604800000; `eventide rebuild` needs the whole history"
+    )
