@@ -50,6 +50,7 @@ reproduce.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import time
@@ -372,6 +373,8 @@ class RebuildManager:
                         shadow.destroy()
                     except Exception:  # closed already
                         shutil.rmtree(self.shadow_path(table, p), ignore_errors=True)
+            with contextlib.suppress(OSError):  # absent, or not empty
+                self.shadow_path(table, 0).parent.rmdir()
 
     async def _seek_to_beginning(
         self,

@@ -26,7 +26,7 @@ from typing import Any
 from .exceptions import RebuildError
 
 
-def _request(method: str, url: str, timeout: float = 10.0) -> tuple[int, Any]:
+def request_json(method: str, url: str, timeout: float = 10.0) -> tuple[int, Any]:
     """Send a request; return (status, JSON body); OSError when unreachable."""
     req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
     try:
@@ -43,7 +43,7 @@ def _request(method: str, url: str, timeout: float = 10.0) -> tuple[int, Any]:
 def _call(method: str, worker: str, table: str) -> tuple[int, dict[str, Any]]:
     url = f"{worker.rstrip('/')}/admin/rebuild/{table}"
     try:
-        code, body = _request(method, url)
+        code, body = request_json(method, url)
     except OSError as exc:
         reason = getattr(exc, "reason", exc)
         raise RebuildError(
@@ -131,7 +131,12 @@ def run_rebuild(
         if all(s == "switched" for s in states):
             echo(f"rebuild of {table} switched on {len(follows)} worker(s): {_summary(follows)}")
             return 0
-        echo(f"rebuild of {table}: {_summary(follows)}, {states.count('running')} running")
+        if any(f.status.get("phase") == "starting" for f in follows):
+            echo(f"rebuild of {table}: starting")
+        else:
+            phases = [f.status.get("phase") for f in follows if f.status.get("state") == "running"]
+            doing = ", ".join(f"{phases.count(p)} {p}" for p in sorted(set(phases), key=str))
+            echo(f"rebuild of {table}: {_summary(follows)}; {doing}")
         time.sleep(interval)
 
 

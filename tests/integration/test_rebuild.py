@@ -26,7 +26,7 @@ from streams.demo import fetch_json
 from streams.engine import ProjectionEngine
 from streams.outputs import KeyPartitioner
 from streams.rebuild import RebuildManager
-from streams.rebuild_client import _request
+from streams.rebuild_client import request_json
 from streams.settings import Settings
 from streams.topics import ORDER_EVENTS, USER_EVENTS, ensure_topics
 from tables.customers import customer_view
@@ -122,8 +122,8 @@ def test_rebuild_repairs_a_corrupted_read_model_while_events_flow(make_settings,
     rest = Workload(users=[], orders=work.orders[cut:])
     publisher = publish_slowly(settings, rest, chunks=8, pause=0.5)
     url = f"{settings.web_url}/admin/rebuild/orders"
-    assert _request("POST", url)[0] == 202
-    code, body = _request("POST", url)
+    assert request_json("POST", url)[0] == 202
+    code, body = request_json("POST", url)
     assert code == 409, body
     assert body["state"] == "running" and "already running" in body["error"]
     run = rebuild_cli(settings, "orders")  # follows the one already running
@@ -133,7 +133,7 @@ def test_rebuild_repairs_a_corrupted_read_model_while_events_flow(make_settings,
     run = rebuild_cli(settings, "customers", "--worker", settings.web_url)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "rebuild of customers switched on 1 worker(s)" in run.stdout
-    code, status = _request("GET", url)
+    code, status = request_json("GET", url)
     assert code == 200 and status["state"] == "switched"
     assert status["recordsDone"] == status["recordsTotal"] > 0
     assert status["recordsInvalid"] == status["recordsFailed"] == 0
@@ -183,7 +183,7 @@ def test_rebuild_runs_on_every_worker_and_refuses_what_it_cannot_rebuild(
     assert "rebuild of orders switched on 2 worker(s)" in run.stdout
     done = 0
     for s in (first, second):
-        code, status = _request("GET", f"{s.web_url}/admin/rebuild/orders")
+        code, status = request_json("GET", f"{s.web_url}/admin/rebuild/orders")
         assert code == 200 and status["state"] == "switched"
         assert status["workers"] == sorted([first.web_url, second.web_url])
         done += status["recordsDone"]
@@ -201,9 +201,9 @@ def test_rebuild_runs_on_every_worker_and_refuses_what_it_cannot_rebuild(
     assert "read model 'notifications' cannot be rebuilt: its table records side effects" in (
         run.stderr
     )
-    code, body = _request("POST", f"{first.web_url}/admin/rebuild/notifications")
+    code, body = request_json("POST", f"{first.web_url}/admin/rebuild/notifications")
     assert code == 400 and "cannot be rebuilt" in body["error"]
-    code, body = _request("GET", f"{first.web_url}/admin/rebuild/nope")
+    code, body = request_json("GET", f"{first.web_url}/admin/rebuild/nope")
     assert code == 404 and body["table"] == "nope"
 
 
