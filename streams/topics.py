@@ -147,7 +147,7 @@ async def _warn_on_retention(
             for resource in response.to_object()["resources"]
         }
     except Exception as exc:  # a check, never a reason not to start
-        logger.debug("could not read topic configurations: %s", exc)
+        logger.warning("could not check the retention of topics %s: %s", names, exc)
         return
     for name in names:
         want = wanted[name]["retention.ms"]

@@ -242,13 +242,19 @@ async def test_an_event_topic_that_deletes_history_is_reported_not_changed(make_
     await admin.start()
     try:  # created before Eventide set retention.ms=-1: the broker's 7 days
         await admin.create_topics([NewTopic(settings.topic(ORDER_EVENTS.name), 4, 1)])
+        for _ in range(100):  # until the metadata lists it
+            if settings.topic(ORDER_EVENTS.name) in await admin.list_topics():
+                break
+            await asyncio.sleep(0.1)
     finally:
         await admin.close()
     with caplog.at_level(logging.WARNING, logger="streams.topics"):
         await ensure_topics(settings)
     assert await _retention(settings, ORDER_EVENTS.name) == "604800000"
     assert await _retention(settings, USER_EVENTS.name) == "-1"
-    [warning] = [r.getMessage() for r in caplog.records]
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1, warnings
+    [warning] = warnings
     assert warning.startswith(
         f"topic '{settings.topic(ORDER_EVENTS.name)}' deletes events after "
         "retention.ms=604800000; `eventide rebuild` needs the whole history"
