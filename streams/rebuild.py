@@ -161,13 +161,20 @@ class Rebuild:
         return sum(max(0, p.target - p.position) for p in self.partitions.values())
 
     @property
+    def percent(self) -> float:
+        """Share of the records replayed (0 before the partitions are known)."""
+        if self.total:
+            return 100.0 * self.done / self.total
+        return 100.0 if self.phase not in ("starting", "replaying") else 0.0
+
+    @property
     def elapsed(self) -> float:
         return (self.finished or time.monotonic()) - self.started
 
     def progress(self) -> str:
         """One line: records done of total, percentage, rate, rejects."""
         done, total = self.done, self.total
-        percent = 100.0 * done / total if total else 100.0
+        percent = self.percent
         rate = done / self.elapsed if self.elapsed > 0 else 0.0
         return (
             f"{done:,}/{total:,} records ({percent:.1f}%), {rate:,.0f} records/s, "
@@ -188,7 +195,7 @@ class Rebuild:
             "elapsedSeconds": round(elapsed, 3),
             "recordsDone": done,
             "recordsTotal": total,
-            "percent": round(100.0 * done / total, 1) if total else 100.0,
+            "percent": round(self.percent, 1),
             "ratePerSecond": round(done / elapsed, 1) if elapsed > 0 else 0.0,
             "recordsApplied": self.applied,
             "recordsInvalid": self.invalid,
