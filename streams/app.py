@@ -61,7 +61,6 @@ def create_app(settings: Settings) -> EventideApp:
     from tables.views import register_views
 
     from .engine import ProjectionEngine
-    from .rebuild import RebuildManager
     from .sinks import build_sink
 
     codec = EventCodec.from_settings(settings)  # loads and checks the schema registry
@@ -86,6 +85,8 @@ def create_app(settings: Settings) -> EventideApp:
     async def refresh_consumer_lag() -> None:
         # Log end offsets from the broker, so lag grows even when nothing is fetched.
         await engine.metrics.refresh_lag(engine.consumer)
+
+    from .rebuild import RebuildManager
 
     rebuilds = RebuildManager(engine)
     register_views(app, engine, rebuilds)
