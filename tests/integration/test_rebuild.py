@@ -67,16 +67,22 @@ async def _corrupt(settings: Settings, table: str, docs: dict[str, dict[str, Any
 
 
 async def _retention(settings: Settings, name: str) -> str:
+    """The topic's retention.ms (waits until the broker describes a new topic)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     await admin.start()
     try:
-        [response] = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, settings.topic(name))]
-        )
+        for _ in range(100):
+            [response] = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, settings.topic(name))]
+            )
+            resource = response.to_object()["resources"][0]
+            for entry in resource["config_entries"]:
+                if entry["config_names"] == "retention.ms":
+                    return str(entry["config_value"])
+            await asyncio.sleep(0.1)
     finally:
         await admin.close()
-    entries = response.to_object()["resources"][0]["config_entries"]
-    return next(e["config_value"] for e in entries if e["config_names"] == "retention.ms")
+    raise AssertionError(f"{name}: no retention.ms described: {resource}")
 
 
 def test_rebuild_repairs_a_corrupted_read_model_while_events_flow(make_settings, worker_factory):
