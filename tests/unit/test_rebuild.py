@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,7 @@ from streams.exceptions import (
     UnknownReadModelError,
 )
 from streams.rebuild import FAILED, PartitionProgress, Rebuild, RebuildManager
+from streams.rebuild_client import run_rebuild
 from streams.settings import Settings
 from streams.sinks import build_sink
 from tests.fixtures.broker import free_port
@@ -105,3 +109,80 @@ def test_cli_says_when_the_worker_cannot_be_reached():
     assert result.exit_code == 2
     assert f"eventide: error: cannot reach the worker at http://127.0.0.1:{port}" in result.output
     assert "is `eventide worker` running there?" in result.output
+
+
+class _Worker(BaseHTTPRequestHandler):
+    """A worker's rebuild endpoints, answering from a script of status documents."""
+
+    def do_GET(self) -> None:
+        script = self.server.script  # type: ignore[attr-defined]
+        self._send(200, script.pop(0) if len(script) > 1 else script[0])
+
+    def do_POST(self) -> None:
+        running = self.server.script[0]  # type: ignore[attr-defined]
+        self._send(409, {**running, "error": "a rebuild of 'orders' is already running"})
+
+    def _send(self, code: int, body: dict) -> None:
+        raw = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def scripted_worker():
+    servers = []
+
+    def make(*script: dict) -> str:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _Worker)
+        server.script = list(script)  # type: ignore[attr-defined]
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield make
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def _status(state: str, done: int, **extra: object) -> dict:
+    return {
+        "id": "r1",
+        "table": "orders",
+        "state": state,
+        "phase": "replaying" if state == "running" else "done",
+        "recordsDone": done,
+        "recordsTotal": 1000,
+        "ratePerSecond": 500.0,
+        "workers": [],
+        **extra,
+    }
+
+
+def test_cli_follows_a_rebuild_already_running_until_it_switches(scripted_worker):
+    url = scripted_worker(
+        _status("running", 100), _status("running", 100), _status("running", 600),
+        _status("switched", 1000, changelogRecords=40),
+    )  # fmt: skip
+    lines: list[str] = []
+    assert run_rebuild("orders", [url], url, lines.append, interval=0.01) == 0
+    assert lines[0] == f"{url}: a rebuild of orders is already running; following it"
+    assert "rebuild of orders: 600/1,000 records (60.0%), 500 records/s" in "\n".join(lines)
+    assert lines[-1].startswith("rebuild of orders switched on 1 worker(s): 1,000/1,000 records")
+
+
+def test_cli_exits_1_with_the_reason_when_a_rebuild_is_aborted(scripted_worker):
+    url = scripted_worker(
+        _status("running", 100),
+        _status("aborted", 300, reason="rebalance: 8 partitions revoked"),
+    )
+    out: list[str] = []
+    err: list[str] = []
+    assert run_rebuild("orders", [url], url, out.append, interval=0.01, err=err.append) == 1
+    assert err == [f"rebuild of orders aborted on {url}: rebalance: 8 partitions revoked"]
