@@ -78,6 +78,9 @@ class NotificationsProjection(Projection):
     # retried on its own (it keeps an entity's order by failing the entity's
     # later sends of the batch too), not through the key's ordered retry queue.
     ordered_retries = False
+    # Its table records what the sink accepted, a side effect that replaying the
+    # events cannot reproduce: `eventide rebuild notifications` is refused.
+    rebuildable = False
     expire_per_batch = 1000
     """Most dedupe keys one batch of one partition forgets (bounded work)."""
 

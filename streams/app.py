@@ -25,6 +25,8 @@ class EventideApp:
     """The settings it was built from."""
     engine: Any
     """The batch projection engine (owns the read-model stores)."""
+    rebuilds: Any
+    """Rebuilds of read models on this worker (streams/rebuild.py)."""
 
 
 def faust_options(settings: Settings) -> dict[str, Any]:
@@ -89,5 +91,8 @@ def create_app(settings: Settings) -> EventideApp:
         # Log end offsets from the broker, so lag grows even when nothing is fetched.
         await engine.metrics.refresh_lag(engine.consumer)
 
-    register_views(app, engine)
-    return EventideApp(app=app, settings=settings, engine=engine)
+    from .rebuild import RebuildManager
+
+    rebuilds = RebuildManager(engine)
+    register_views(app, engine, rebuilds)
+    return EventideApp(app=app, settings=settings, engine=engine, rebuilds=rebuilds)

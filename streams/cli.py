@@ -233,6 +233,40 @@ def check_targets(url: str | None, window: float) -> None:
         sys.exit(1)
 
 
+@main.command("rebuild")
+@click.argument("read_model")
+@click.option(
+    "--worker",
+    "workers",
+    multiple=True,
+    metavar="URL",
+    help="Worker base URL (repeatable); default: every worker of the group, found "
+    "through EVENTIDE_WEB_HOST/PORT.",
+)
+@click.option("--interval", default=1.0, show_default=True, help="Seconds between progress lines.")
+@_fail_cleanly
+def rebuild(read_model: str, workers: tuple[str, ...], interval: float) -> None:
+    """Rebuild READ_MODEL (orders, customers) from its source topics, then switch to it.
+
+    Every worker replays the source topics from the beginning into a fresh
+    copy of its partitions while it keeps serving the live one, and switches
+    queries to the copy once it has caught up. Prints progress until every
+    worker has switched; exits 1 when a rebuild is aborted (a rebalance) or
+    fails, 2 when a worker cannot be reached or refuses the read model.
+    """
+    from .rebuild_client import run_rebuild
+
+    code = run_rebuild(
+        read_model,
+        list(workers),
+        _settings().web_url,
+        click.echo,
+        interval=interval,
+        err=lambda line: click.echo(line, err=True),
+    )
+    sys.exit(code)
+
+
 @main.group("schemas")
 def schemas_group() -> None:
     """Event schemas: the registry in schemas/ and the evolution rules."""

@@ -41,7 +41,7 @@ import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,6 +115,10 @@ class Projection(ABC):
     ordered_retries: bool = True
     """While a record waits in retry, later records of its key wait behind it
     (streams/failures.py); False retries records independently."""
+    rebuildable: bool = True
+    """``eventide rebuild`` may replay the sources into a fresh copy of the table
+    (streams/rebuild.py): the table is a pure function of the source records,
+    kept by :meth:`apply` alone. False for a projection with side effects."""
 
     @abstractmethod
     def apply(self, ctx: BatchContext, record: ConsumerRecord[bytes, bytes]) -> None:
@@ -227,6 +231,9 @@ class ProjectionEngine(Service):
         self.metrics = metrics if metrics is not None else EngineMetrics()
         """Prometheus metrics (streams/metrics.py), served at GET /metrics."""
         self.metrics.watch_stores(self.stores)
+        self.rebalance_listeners: list[Callable[[str], Awaitable[None]]] = []
+        """Awaited with a reason, under the engine's lock, when partitions are
+        revoked or assigned and when the engine stops (rebuilds abort)."""
 
     # -- names ---------------------------------------------------------------
 
@@ -320,6 +327,7 @@ class ProjectionEngine(Service):
     async def on_stop(self) -> None:
         async with self._lock:
             self.ready = False
+            await self._notify_rebalance("the worker is stopping")
             await self.complete_pending()
             if self._consumer is not None:
                 await self._consumer.stop()  # leaves the group: partitions move at once
@@ -492,6 +500,7 @@ class ProjectionEngine(Service):
         """Close the stores of partitions this worker no longer owns."""
         async with self._lock:
             self.ready = False
+            await self._notify_rebalance(f"rebalance: {len(revoked)} partitions revoked")
             await self.complete_pending()
             self.metrics.revoked(revoked)
             for tp in revoked:
@@ -504,6 +513,7 @@ class ProjectionEngine(Service):
         """Open and recover the stores of new partitions; seek past applied offsets."""
         assert self._consumer is not None
         async with self._lock:
+            await self._notify_rebalance(f"rebalance: {len(assigned)} partitions assigned")
             started = time.monotonic()
             restored = 0
             for table, partition in sorted(
@@ -535,6 +545,10 @@ class ProjectionEngine(Service):
                 time.monotonic() - started,
             )
             self.metrics.assigned(len(assigned), restored, time.monotonic() - started)
+
+    async def _notify_rebalance(self, reason: str) -> None:
+        for listener in self.rebalance_listeners:
+            await listener(reason)
 
     async def _recover(self, table: str, partition: int, store: PartitionStore) -> int:
         """Replay the changelog from the store's last changelog offset to its end."""

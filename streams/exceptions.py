@@ -27,3 +27,38 @@ class BrokerError(EventideError):
 
 class TopicConfigError(EventideError):
     """A topic exists with a layout (partition count) that the app cannot use."""
+
+
+class RebuildError(EventideError):
+    """A read-model rebuild cannot start or did not finish.
+
+    ``status`` is the HTTP status the worker answers with for it.
+    """
+
+    status: int = 500
+
+
+class UnknownReadModelError(RebuildError):
+    """No read model has that name."""
+
+    status = 404
+
+
+class NotRebuildableError(RebuildError):
+    """The read model records side effects; replaying its sources cannot rebuild it."""
+
+    status = 400
+
+
+class RebuildRunningError(RebuildError):
+    """A rebuild of that read model is already running on the worker."""
+
+    status = 409
+    retriable = True
+
+
+class RebuildUnavailableError(RebuildError):
+    """The worker cannot start a rebuild now (partitions are being assigned)."""
+
+    status = 503
+    retriable = True

@@ -4,6 +4,13 @@ Source topics are created explicitly, with the configured partition count,
 before a worker or producer uses them: the dev broker runs with topic
 auto-creation off, so a typo in a topic name fails loudly instead of creating
 a stray topic with the broker's defaults.
+
+Event topics (``user-events``, ``order-events``) and the ``customer-facts``
+repartition topic are created with ``retention.ms=-1``: they are the event
+store, and ``eventide rebuild`` replays them from the beginning
+(streams/rebuild.py). The broker's default (7 days) would delete history. A
+topic that already exists keeps its configuration; set it with
+``kafka-configs.sh --alter --add-config retention.ms=-1``.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import logging
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
 from .exceptions import BrokerError, TopicConfigError
@@ -33,15 +41,21 @@ class TopicSpec:
     """What flows on the topic."""
     consumed: bool = True
     """Projections consume it: it gets ``<name>.retry`` and ``<name>.dlq`` companions."""
+    retention_ms: int | None = None
+    """``retention.ms`` of the topic when Eventide creates it (-1: keep forever);
+    None: the broker's default."""
 
 
-USER_EVENTS = TopicSpec("user-events", "userId", "user.* events")
-ORDER_EVENTS = TopicSpec("order-events", "orderId", "order.* events")
+KEEP_FOREVER = -1
+
+USER_EVENTS = TopicSpec("user-events", "userId", "user.* events", retention_ms=KEEP_FOREVER)
+ORDER_EVENTS = TopicSpec("order-events", "orderId", "order.* events", retention_ms=KEEP_FOREVER)
 
 CUSTOMER_FACTS = TopicSpec(
     "customer-facts",
     "customerId",
     "repartition: per-order facts for the customers read model, co-partitioned with user-events",
+    retention_ms=KEEP_FOREVER,
 )
 ORDER_VIEWS = TopicSpec(
     "order-views", "orderId", "every change of the orders read model", consumed=False
@@ -69,16 +83,27 @@ async def ensure_topics(settings: Settings, specs: tuple[TopicSpec, ...] = CATAL
         ) from exc
     try:
         names = []
+        configs: dict[str, dict[str, str]] = {}
         for spec in specs:
             name = settings.topic(spec.name)
             names.append(name)
+            if spec.retention_ms is not None:
+                configs[name] = {"retention.ms": str(spec.retention_ms)}
             if spec.consumed:
                 names += [retry_topic(name), dlq_topic(name)]
         existing = set(await admin.list_topics())
         missing = [n for n in names if n not in existing]
         if missing:
             response = await admin.create_topics(
-                [NewTopic(n, settings.partitions, settings.replication_factor) for n in missing]
+                [
+                    NewTopic(
+                        n,
+                        settings.partitions,
+                        settings.replication_factor,
+                        topic_configs=configs.get(n, {}),
+                    )
+                    for n in missing
+                ]
             )
             for name, code, message in (e[:3] for e in response.topic_errors):
                 # 36: created meanwhile by another process, which is fine.
@@ -97,6 +122,43 @@ async def ensure_topics(settings: Settings, specs: tuple[TopicSpec, ...] = CATAL
                         f"EVENTIDE_PARTITIONS={settings.partitions}; set EVENTIDE_PARTITIONS="
                         f"{count} or recreate the topic"
                     )
+            kept = [n for n in present if configs.get(n)]
+            if kept:
+                await _warn_on_retention(admin, kept, configs)
         return missing
     finally:
         await admin.close()
+
+
+async def _warn_on_retention(
+    admin: AIOKafkaAdminClient, names: list[str], wanted: dict[str, dict[str, str]]
+) -> None:
+    """Log a warning for each existing topic whose retention deletes the history
+    that ``eventide rebuild`` replays (the topic is left as it is)."""
+    try:
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, n) for n in names]
+        )
+        found = {
+            resource["resource_name"]: {
+                e["config_names"]: e["config_value"] for e in resource["config_entries"]
+            }
+            for response in responses
+            for resource in response.to_object()["resources"]
+        }
+    except Exception as exc:  # a check, never a reason not to start
+        logger.warning("could not check the retention of topics %s: %s", names, exc)
+        return
+    for name in names:
+        want = wanted[name]["retention.ms"]
+        have = found.get(name, {}).get("retention.ms")
+        if have is not None and have != want:
+            logger.warning(
+                "topic %r deletes events after retention.ms=%s; `eventide rebuild` needs the "
+                "whole history: kafka-configs.sh --alter --entity-type topics --entity-name %s "
+                "--add-config retention.ms=%s",
+                name,
+                have,
+                name,
+                want,
+            )

@@ -116,6 +116,18 @@ class PartitionStore:
             if isinstance(key, bytes) and not key.startswith(META_PREFIX):
                 yield key, orjson.loads(raw)
 
+    def raw_items(self, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, stored bytes) whose key starts with ``prefix``, in key
+        order; metadata included, except the offsets record."""
+        for key, raw in self._db.items(from_key=prefix):
+            if not isinstance(key, bytes) or not key.startswith(prefix):
+                break
+            if key != OFFSETS_KEY:
+                yield key, raw
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._db
+
     def close(self) -> None:
         """Flush and close the database files."""
         self._db.close()

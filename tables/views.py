@@ -4,6 +4,13 @@
 local store when this worker owns the key's partition; otherwise the request
 is proxied to the owner named in the group's assignment. While partitions are
 being (re)assigned the answer is 503 with a JSON body; retry it.
+
+``POST /admin/rebuild/{table}`` starts a rebuild of a read model on this
+worker and ``GET /admin/rebuild/{table}`` reports its progress
+(streams/rebuild.py). Unlike pause and resume, these are always served: the
+``eventide rebuild`` command must work against any worker, and a rebuild
+loses nothing (it replays the source topics into a copy and switches to it
+only once complete; the worker's port is an internal one, like its queries).
 """
 
 from __future__ import annotations
@@ -17,14 +24,18 @@ from streams.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 if TYPE_CHECKING:
     from streams.engine import ProjectionEngine
+    from streams.rebuild import RebuildManager
 
 FORWARDED = "X-Eventide-Forwarded"
 
 
-def register_views(app: faust.App, engine: ProjectionEngine) -> None:
+def register_views(
+    app: faust.App, engine: ProjectionEngine, rebuilds: RebuildManager | None = None
+) -> None:
     """Add the query views and ``GET /health`` to the app's web server.
 
-    Also ``GET /metrics`` (Prometheus text format) and, with
+    Also ``GET /metrics`` (Prometheus text format), ``POST`` and ``GET
+    /admin/rebuild/{table}`` (with ``rebuilds``) and, with
     EVENTIDE_ADMIN_ENDPOINTS=true, ``POST /admin/pause`` and ``/admin/resume``.
     """
 
@@ -74,6 +85,9 @@ def register_views(app: faust.App, engine: ProjectionEngine) -> None:
                 engine.metrics.exposition(), headers={"Content-Type": METRICS_CONTENT_TYPE}
             )
 
+    if rebuilds is not None:
+        _register_rebuild(app, rebuilds)
+
     if engine.settings.admin_endpoints:
 
         @app.page("/admin/{action}")
@@ -88,6 +102,27 @@ def register_views(app: faust.App, engine: ProjectionEngine) -> None:
                 else:
                     consumer.resume(*partitions)
                 return self.json({"action": action, "partitions": [str(tp) for tp in partitions]})
+
+
+def _register_rebuild(app: faust.App, rebuilds: RebuildManager) -> None:
+    from streams.exceptions import RebuildError, RebuildRunningError
+
+    @app.page("/admin/rebuild/{table}")
+    class Rebuild(View):
+        async def post(self, request: Request, table: str) -> Response:
+            try:
+                rebuilds.start(table)
+            except RebuildRunningError as exc:
+                return self.json({**rebuilds.status(table), "error": str(exc)}, status=exc.status)
+            except RebuildError as exc:
+                return self.json({"error": str(exc), "table": table}, status=exc.status)
+            return self.json(rebuilds.status(table), status=202)
+
+        async def get(self, request: Request, table: str) -> Response:
+            try:
+                return self.json(rebuilds.status(table))
+            except RebuildError as exc:
+                return self.json({"error": str(exc), "table": table}, status=exc.status)
 
 
 async def _proxy(app: faust.App, view: View, request: Request, owner: Any) -> Response:
