@@ -1,9 +1,13 @@
 """The PostgreSQL outbox store (``EVENTIDE_DATABASE_URL=postgresql://...``).
 
-Commands run in READ COMMITTED transactions from a connection pool; two
-commands racing on one entity both try to insert the same ``(stream, seq)``
-and the loser's unique violation becomes a :class:`ConcurrencyError`, which
-the service retries against the new state.
+A command is optimistic: it reads the entity's events, decides, and appends
+the new event with its outbox row in ONE statement (a CTE), which PostgreSQL
+commits atomically on its own: two round trips per command, one for a command
+that creates its entity (``expect_new``: nothing to read). Two commands racing
+on one entity both try to insert the same ``(stream, seq)``; the loser's
+unique violation becomes a :class:`ConcurrencyError`, which the service
+retries against the new state. Commands with an ``Idempotency-Key`` or with
+several events run in an explicit READ COMMITTED transaction instead.
 
 Relays claim shards of the outbox with transaction-scoped advisory locks
 (``pg_try_advisory_xact_lock``): the relay holding a shard's lock is the only
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -83,10 +88,13 @@ INSERT INTO outbox (event_id, topic, key, shard, value, created_at)
 VALUES ($3, $7, $8, $9, $5, $6)
 """
 
+EVENTS_OF = "SELECT body FROM events WHERE stream = $1 ORDER BY seq"
+
 LOCK_SHARDS = """
 SELECT c.shard FROM (
     SELECT s.shard FROM generate_series(0, $1 - 1) AS s(shard)
-    WHERE EXISTS (SELECT 1 FROM outbox o WHERE o.shard = s.shard AND o.published_at IS NULL)
+    WHERE s.shard <> ALL($4::int[])
+      AND EXISTS (SELECT 1 FROM outbox o WHERE o.shard = s.shard AND o.published_at IS NULL)
     ORDER BY random() LIMIT $3
 ) AS c
 WHERE pg_try_advisory_xact_lock($2, c.shard)
@@ -106,11 +114,15 @@ class PostgresStore(OutboxStore):
     """Outbox store in a PostgreSQL database."""
 
     kind = "postgresql"
+    parallel_claims = 2
 
-    def __init__(self, url: str, pool_size: int = 10) -> None:
+    def __init__(self, url: str, pool_size: int = 10, cache_size: int = 10_000) -> None:
         self._url = url
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
+        self._cache_size = cache_size
+        self._histories: OrderedDict[str, tuple[Envelope, ...]] = OrderedDict()
+        """Events of the entities this process appended to most recently (LRU)."""
 
     def __repr__(self) -> str:
         from streams.settings import SecretUrl
@@ -148,15 +160,63 @@ class PostgresStore(OutboxStore):
             self._pool = None
 
     async def execute(
-        self, stream: str, topic: str, decide: Decider, idempotency: IdempotencyKey | None
+        self,
+        stream: str,
+        topic: str,
+        decide: Decider,
+        idempotency: IdempotencyKey | None,
+        expect_new: bool = False,
     ) -> CommandOutcome:
         try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                return await self._execute(conn, stream, topic, decide, idempotency)
+            async with self.pool.acquire() as conn:
+                if idempotency is None:
+                    outcome = await self._execute_single(conn, stream, topic, decide, expect_new)
+                    if outcome is not None:
+                        return outcome
+                self._histories.pop(stream, None)
+                async with conn.transaction():
+                    return await self._execute(conn, stream, topic, decide, idempotency)
         except asyncpg.UniqueViolationError as exc:
+            self._histories.pop(stream, None)  # the cached history was stale
             raise ConcurrencyError(f"{stream}: another command committed first ({exc})") from exc
         except (OSError, asyncpg.PostgresConnectionError) as exc:
+            self._histories.pop(stream, None)  # did the append commit? Read it next time.
             raise StoreError(f"PostgreSQL {self!r}: {exc}") from exc
+        except BaseException:
+            self._histories.pop(stream, None)
+            raise
+
+    async def _execute_single(
+        self, conn: Any, stream: str, topic: str, decide: Decider, expect_new: bool
+    ) -> CommandOutcome | None:
+        """The fast path: read (unless cached), decide, append in one
+        autocommitted statement. None when the decision has several events
+        (they need a transaction).
+
+        The history of an entity this process appended to last is taken from
+        a cache: events are immutable and numbered, so if the database holds
+        more of them than the cache, appending number ``len(cached) + 1``
+        fails on the ``(stream, seq)`` key, the entry is dropped and the
+        command is retried against the events read from the database."""
+        history: tuple[Envelope, ...] | None = () if expect_new else self._histories.get(stream)
+        if history is None:
+            rows = await conn.fetch(EVENTS_OF, stream)
+            history = tuple(decode_envelope(r[0]) for r in rows)
+        decision = decide(list(history))
+        if len(decision.events) != 1:
+            return None
+        event = decision.events[0]
+        key = key_of(event)
+        await conn.execute(
+            APPEND, stream, len(history) + 1, event.id, event.name, encode_envelope(event),
+            time.time(), topic, key, shard_of(key),
+        )  # fmt: skip
+        cache = self._histories
+        cache[stream] = (*history, event)
+        cache.move_to_end(stream)
+        if len(cache) > self._cache_size:
+            cache.popitem(last=False)
+        return CommandOutcome(201, answer(decision))
 
     async def _execute(
         self,
@@ -187,7 +247,7 @@ class PostgresStore(OutboxStore):
                         "send a new key for a new request"
                     )
                 return CommandOutcome(row["status"], orjson.loads(row["body"]), replayed=True)
-        rows = await conn.fetch("SELECT body FROM events WHERE stream = $1 ORDER BY seq", stream)
+        rows = await conn.fetch(EVENTS_OF, stream)
         history = [decode_envelope(r["body"]) for r in rows]
         decision = decide(history)
         for seq, event in enumerate(decision.events, start=len(history) + 1):
@@ -221,17 +281,21 @@ class PostgresStore(OutboxStore):
         return [decode_envelope(r["body"]) for r in rows]
 
     @asynccontextmanager
-    async def claim(self, relay_id: str, limit: int) -> AsyncIterator[Claim]:
+    async def claim(
+        self, relay_id: str, limit: int, exclude: frozenset[int] = frozenset()
+    ) -> AsyncIterator[Claim]:
         async with self.pool.acquire() as conn:
             tx = conn.transaction()
             await tx.start()
             try:
-                locked = await conn.fetch(LOCK_SHARDS, SHARDS, LOCK_CLASS, SHARDS_PER_CLAIM)
+                locked = await conn.fetch(
+                    LOCK_SHARDS, SHARDS, LOCK_CLASS, SHARDS_PER_CLAIM, list(exclude)
+                )
                 shards = [r["shard"] for r in locked]
                 # A new statement, so a new snapshot: it sees every row that the
                 # previous holder of these locks marked before it let them go.
                 rows = await conn.fetch(PENDING, shards, limit) if shards else []
-                claim = Claim([OutboxRow(*r) for r in rows])
+                claim = Claim([OutboxRow(*r) for r in rows], frozenset(shards))
                 yield claim
             except BaseException:
                 await tx.rollback()
@@ -255,6 +319,11 @@ class PostgresStore(OutboxStore):
             )
             await conn.execute("DELETE FROM idempotency WHERE created_at < $1", older_than)
         return int(status.split()[-1])
+
+    async def pending_count(self) -> int:
+        return int(
+            await self.pool.fetchval("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")
+        )
 
     async def outbox_counts(self) -> dict[str, int]:
         row = await self.pool.fetchrow(

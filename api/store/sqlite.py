@@ -154,8 +154,14 @@ class SqliteStore(OutboxStore):
     # -- commands -----------------------------------------------------------
 
     async def execute(
-        self, stream: str, topic: str, decide: Decider, idempotency: IdempotencyKey | None
+        self,
+        stream: str,
+        topic: str,
+        decide: Decider,
+        idempotency: IdempotencyKey | None,
+        expect_new: bool = False,
     ) -> CommandOutcome:
+        # One writer, one transaction: reading the history costs no round trip here.
         return await self._run(self._execute, stream, topic, decide, idempotency)
 
     def _execute(
@@ -255,7 +261,9 @@ class SqliteStore(OutboxStore):
             return True
 
     @asynccontextmanager
-    async def claim(self, relay_id: str, limit: int) -> AsyncIterator[Claim]:
+    async def claim(
+        self, relay_id: str, limit: int, exclude: frozenset[int] = frozenset()
+    ) -> AsyncIterator[Claim]:
         if not await self._run(self._take_lease, relay_id):
             yield Claim([])
             return
@@ -296,6 +304,15 @@ class SqliteStore(OutboxStore):
                 return n
 
         return await self._run(cleanup)
+
+    async def pending_count(self) -> int:
+        def count() -> int:
+            (n,) = self.conn.execute(
+                "SELECT COUNT(*) FROM outbox WHERE published_at IS NULL"
+            ).fetchone()
+            return int(n)
+
+        return await self._run(count)
 
     async def outbox_counts(self) -> dict[str, int]:
         def counts() -> dict[str, int]:
