@@ -18,6 +18,7 @@ with it; the rows stay pending for the next relay.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -285,8 +286,7 @@ class PostgresStore(OutboxStore):
         self, relay_id: str, limit: int, exclude: frozenset[int] = frozenset()
     ) -> AsyncIterator[Claim]:
         async with self.pool.acquire() as conn:
-            tx = conn.transaction()
-            await tx.start()
+            await conn.execute("BEGIN")
             try:
                 locked = await conn.fetch(
                     LOCK_SHARDS, SHARDS, LOCK_CLASS, SHARDS_PER_CLAIM, list(exclude)
@@ -297,16 +297,21 @@ class PostgresStore(OutboxStore):
                 rows = await conn.fetch(PENDING, shards, limit) if shards else []
                 claim = Claim([OutboxRow(*r) for r in rows], frozenset(shards))
                 yield claim
+                # The marks and the commit in one round trip (simple query
+                # protocol, so literals: the ids are the table's integers).
+                mark = ""
+                if claim.published:
+                    ids = ",".join(str(int(i)) for i in claim.published)
+                    mark = (
+                        f"UPDATE outbox SET published_at = {time.time()!r}"
+                        f" WHERE id = ANY('{{{ids}}}'::bigint[]); "
+                    )
+                await conn.execute(mark + "COMMIT")
             except BaseException:
-                await tx.rollback()
+                # Keep the original error; a broken connection rolls back anyway.
+                with contextlib.suppress(Exception):
+                    await conn.execute("ROLLBACK")
                 raise
-            if claim.published:
-                await conn.execute(
-                    "UPDATE outbox SET published_at = $1 WHERE id = ANY($2::bigint[])",
-                    time.time(),
-                    claim.published,
-                )
-            await tx.commit()
 
     async def release(self, relay_id: str) -> None:
         """Nothing to do: advisory locks end with each claim's transaction."""
