@@ -1,13 +1,16 @@
 """The PostgreSQL outbox store (``EVENTIDE_DATABASE_URL=postgresql://...``).
 
-A command is optimistic: it reads the entity's events, decides, and appends
-the new event with its outbox row in ONE statement (a CTE), which PostgreSQL
-commits atomically on its own: two round trips per command, one for a command
-that creates its entity (``expect_new``: nothing to read). Two commands racing
-on one entity both try to insert the same ``(stream, seq)``; the loser's
-unique violation becomes a :class:`ConcurrencyError`, which the service
-retries against the new state. Commands with an ``Idempotency-Key`` or with
-several events run in an explicit READ COMMITTED transaction instead.
+A command is optimistic: it reads the entity's events (unless this process
+has them cached, or the command creates its entity), decides, and appends the
+new event with its outbox row in ONE statement (a CTE), which PostgreSQL
+commits atomically on its own. The appends of the commands decided while a
+statement is in flight go together in the next one (group commit: one round
+trip and one commit for the group; each command is answered after it). Two
+commands racing on one entity both try to insert the same ``(stream, seq)``;
+the loser's event and outbox row are skipped (``ON CONFLICT DO NOTHING``) and
+it gets a :class:`ConcurrencyError`, which the service retries against the
+new state. Commands with an ``Idempotency-Key`` or with several events run in
+an explicit READ COMMITTED transaction instead.
 
 Relays claim shards of the outbox with transaction-scoped advisory locks
 (``pg_try_advisory_xact_lock``): the relay holding a shard's lock is the only
@@ -18,6 +21,7 @@ with it; the rows stay pending for the next relay.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -91,6 +95,28 @@ VALUES ($3, $7, $8, $9, $5, $6)
 
 EVENTS_OF = "SELECT body FROM events WHERE stream = $1 ORDER BY seq"
 
+GROUP_APPEND = """
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::bytea[],
+                         $6::text[], $7::text[], $8::int[])
+        WITH ORDINALITY AS i(stream, seq, event_id, name, body, topic, key, shard, n)
+), e AS (
+    INSERT INTO events (stream, seq, event_id, name, body, recorded_at)
+    SELECT stream, seq, event_id, name, body, $9 FROM input ORDER BY n
+    ON CONFLICT (stream, seq) DO NOTHING
+    RETURNING event_id
+)
+INSERT INTO outbox (event_id, topic, key, shard, value, created_at)
+SELECT i.event_id, i.topic, i.key, i.shard, i.body, $9 FROM input i JOIN e USING (event_id)
+ORDER BY i.n
+RETURNING event_id
+"""
+"""Appends a group of commands' events with their outbox rows in one statement
+(committed atomically); an event whose ``(stream, seq)`` exists is skipped with
+its outbox row, and only the appended event ids are returned."""
+MAX_GROUP = 256
+"""Most appends in one group statement."""
+
 LOCK_SHARDS = """
 SELECT c.shard FROM (
     SELECT s.shard FROM generate_series(0, $1 - 1) AS s(shard)
@@ -124,6 +150,9 @@ class PostgresStore(OutboxStore):
         self._cache_size = cache_size
         self._histories: OrderedDict[str, tuple[Envelope, ...]] = OrderedDict()
         """Events of the entities this process appended to most recently (LRU)."""
+        self._appends: list[tuple[tuple[Any, ...], asyncio.Future[None]]] = []
+        """Appends waiting for the next group statement, in arrival order."""
+        self._appending = False
 
     def __repr__(self) -> str:
         from streams.settings import SecretUrl
@@ -169,14 +198,13 @@ class PostgresStore(OutboxStore):
         expect_new: bool = False,
     ) -> CommandOutcome:
         try:
-            async with self.pool.acquire() as conn:
-                if idempotency is None:
-                    outcome = await self._execute_single(conn, stream, topic, decide, expect_new)
-                    if outcome is not None:
-                        return outcome
-                self._histories.pop(stream, None)
-                async with conn.transaction():
-                    return await self._execute(conn, stream, topic, decide, idempotency)
+            if idempotency is None:
+                outcome = await self._execute_grouped(stream, topic, decide, expect_new)
+                if outcome is not None:
+                    return outcome
+            self._histories.pop(stream, None)
+            async with self.pool.acquire() as conn, conn.transaction():
+                return await self._execute(conn, stream, topic, decide, idempotency)
         except asyncpg.UniqueViolationError as exc:
             self._histories.pop(stream, None)  # the cached history was stale
             raise ConcurrencyError(f"{stream}: another command committed first ({exc})") from exc
@@ -187,12 +215,12 @@ class PostgresStore(OutboxStore):
             self._histories.pop(stream, None)
             raise
 
-    async def _execute_single(
-        self, conn: Any, stream: str, topic: str, decide: Decider, expect_new: bool
+    async def _execute_grouped(
+        self, stream: str, topic: str, decide: Decider, expect_new: bool
     ) -> CommandOutcome | None:
-        """The fast path: read (unless cached), decide, append in one
-        autocommitted statement. None when the decision has several events
-        (they need a transaction).
+        """The fast path: read the history (unless cached), decide, and append
+        the event with the commands decided meanwhile (:meth:`_append`).
+        None when the decision has several events (they need a transaction).
 
         The history of an entity this process appended to last is taken from
         a cache: events are immutable and numbered, so if the database holds
@@ -201,23 +229,68 @@ class PostgresStore(OutboxStore):
         command is retried against the events read from the database."""
         history: tuple[Envelope, ...] | None = () if expect_new else self._histories.get(stream)
         if history is None:
-            rows = await conn.fetch(EVENTS_OF, stream)
+            rows = await self.pool.fetch(EVENTS_OF, stream)
             history = tuple(decode_envelope(r[0]) for r in rows)
         decision = decide(list(history))
         if len(decision.events) != 1:
             return None
         event = decision.events[0]
-        key = key_of(event)
-        await conn.execute(
-            APPEND, stream, len(history) + 1, event.id, event.name, encode_envelope(event),
-            time.time(), topic, key, shard_of(key),
-        )  # fmt: skip
+        await self._append(stream, len(history) + 1, event, topic)
         cache = self._histories
         cache[stream] = (*history, event)
         cache.move_to_end(stream)
         if len(cache) > self._cache_size:
             cache.popitem(last=False)
         return CommandOutcome(201, answer(decision))
+
+    async def _append(self, stream: str, seq: int, event: Envelope, topic: str) -> None:
+        """Append one event and its outbox row; returns once committed.
+
+        Group commit: appends queued while a group's statement is in flight
+        go together in the next one (one statement, one commit, one round
+        trip). Raises :class:`ConcurrencyError` when event ``seq`` of the
+        stream exists already: that command alone wrote nothing."""
+        key = key_of(event)
+        row = (stream, seq, event.id, event.name, encode_envelope(event), topic, key, shard_of(key))
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._appends.append((row, future))
+        if not self._appending:
+            self._appending = True
+            asyncio.get_running_loop().create_task(self._append_groups())
+        await future
+
+    async def _append_groups(self) -> None:
+        try:
+            while self._appends:
+                group = self._appends[:MAX_GROUP]
+                del self._appends[:MAX_GROUP]
+                columns = [list(column) for column in zip(*(row for row, _ in group), strict=True)]
+                try:
+                    appended = {
+                        r[0] for r in await self.pool.fetch(GROUP_APPEND, *columns, time.time())
+                    }
+                except BaseException as exc:
+                    for _, future in group:
+                        if not future.done():
+                            error = StoreError(f"PostgreSQL {self!r}: {type(exc).__name__}: {exc}")
+                            error.__cause__ = exc
+                            future.set_exception(error)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                for row, future in group:
+                    if future.done():
+                        continue
+                    if row[2] in appended:
+                        future.set_result(None)
+                    else:
+                        future.set_exception(
+                            ConcurrencyError(
+                                f"{row[0]}: event {row[1]} was appended first by another command"
+                            )
+                        )
+        finally:
+            self._appending = False
 
     async def _execute(
         self,
