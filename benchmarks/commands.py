@@ -6,10 +6,9 @@ topics, drives order lifecycles (place → pay → ship) over HTTP from
 ``--concurrency`` clients, each on one keep-alive connection of a minimal
 HTTP/1.1 client (:mod:`benchmarks.httpdrive`: about 60 µs of CPU per command,
 where aiohttp took 330-380 µs, 40 % of what the API itself took then), then
-reads the topics back and
-measures, per event, the time from the command's event timestamp (taken
-before the transaction commits) to the broker's append time (topics are
-created with LogAppendTime).
+reads the topics back and measures, per event, the time from the command's
+event timestamp (taken before the transaction commits) to the broker's
+append time (topics are created with LogAppendTime).
 
 It also reports the cores each process used during the measured run (from
 ``/proc``: the API, the relay, the load driver, the broker, PostgreSQL, the
