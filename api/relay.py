@@ -120,6 +120,7 @@ class OutboxRelay:
         try:
             if not await self._connect(stop):
                 return
+            await self.store.listen(self.wake)
             while not stop.is_set():
                 failed = await self._publish_loop(stop)
                 if failed and not stop.is_set():

@@ -156,6 +156,11 @@ class OutboxStore(ABC):
         """Up to ``limit`` unpublished rows for this relay alone, oldest first;
         ``exclude``: shards the relay's other open claims hold."""
 
+    async def listen(self, on_commit: Callable[[], None]) -> None:
+        """Have ``on_commit`` called when another process commits commands
+        (a hint to publish now; by default none comes and relays poll)."""
+        del on_commit
+
     @abstractmethod
     async def release(self, relay_id: str) -> None:
         """Give up anything this relay holds so another can take over at once."""

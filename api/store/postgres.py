@@ -26,7 +26,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -114,6 +114,13 @@ RETURNING event_id
 """Appends a group of commands' events with their outbox rows in one statement
 (committed atomically); an event whose ``(stream, seq)`` exists is skipped with
 its outbox row, and only the appended event ids are returned."""
+GROUP_APPEND_NOTIFY = GROUP_APPEND.replace(
+    "), e AS (", "), n AS (SELECT pg_notify('eventide_outbox', '')), e AS (", 1
+).replace("JOIN e USING (event_id)", "JOIN e USING (event_id) CROSS JOIN n", 1)
+"""The same, announcing the commit to relays in other processes (LISTEN
+``eventide_outbox``); PostgreSQL sends one notification per group."""
+CHANNEL = "eventide_outbox"
+"""The LISTEN/NOTIFY channel on which commits are announced."""
 MAX_GROUP = 256
 """Most appends in one group statement."""
 
@@ -143,8 +150,12 @@ class PostgresStore(OutboxStore):
     kind = "postgresql"
     parallel_claims = 2
 
-    def __init__(self, url: str, pool_size: int = 10, cache_size: int = 10_000) -> None:
+    def __init__(
+        self, url: str, pool_size: int = 10, cache_size: int = 10_000, notify: bool = False
+    ) -> None:
         self._url = url
+        self._append_sql = GROUP_APPEND_NOTIFY if notify else GROUP_APPEND
+        self._listener: asyncpg.Connection | None = None
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self._cache_size = cache_size
@@ -184,7 +195,28 @@ class PostgresStore(OutboxStore):
             for statement in SCHEMA:
                 await conn.execute(statement)
 
+    async def listen(self, on_commit: Callable[[], None]) -> None:
+        """Call ``on_commit`` when an API that notifies (its relay runs
+        elsewhere) commits commands; on a connection of its own. Lost with
+        that connection: the relay's polling still finds every row."""
+        if self._listener is not None:
+            return
+        try:
+            conn = await asyncpg.connect(self._url)
+            await conn.add_listener(CHANNEL, lambda *_: on_commit())
+        except (OSError, asyncpg.PostgresError) as exc:
+            logger.warning("cannot LISTEN %s on %r (%s); polling only", CHANNEL, self, exc)
+            return
+        conn.add_termination_listener(
+            lambda _: logger.warning("LISTEN %s connection lost; polling only", CHANNEL)
+        )
+        self._listener = conn
+
     async def close(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.close(timeout=5)
+            self._listener = None
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -266,9 +298,8 @@ class PostgresStore(OutboxStore):
                 del self._appends[:MAX_GROUP]
                 columns = [list(column) for column in zip(*(row for row, _ in group), strict=True)]
                 try:
-                    appended = {
-                        r[0] for r in await self.pool.fetch(GROUP_APPEND, *columns, time.time())
-                    }
+                    rows = await self.pool.fetch(self._append_sql, *columns, time.time())
+                    appended = {r[0] for r in rows}
                 except BaseException as exc:
                     for _, future in group:
                         if not future.done():

@@ -11,7 +11,7 @@ import pytest
 from api.aggregate import CommandMeta, confirm_payment, place_order
 from api.exceptions import ConflictError
 from api.service import CommandService
-from api.store import store_for
+from api.store import PostgresStore, store_for
 
 pytestmark = pytest.mark.integration
 
@@ -63,5 +63,30 @@ def test_racing_commands_and_stale_caches_append_once(api_settings):
         finally:
             await a.close()
             await b.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_api_with_its_relay_elsewhere_wakes_it_on_commit(api_settings, backend):
+    if backend != "postgresql":
+        pytest.skip("SQLite has no notifications: a relay in another process polls")
+    settings = api_settings(EVENTIDE_API_RELAY="false")
+
+    async def scenario() -> None:
+        api, relay = store_for(settings), store_for(settings)
+        assert isinstance(api, PostgresStore)
+        await api.open()
+        await relay.open()
+        woken = asyncio.Event()
+        try:
+            await relay.listen(woken.set)
+            data = {"orderId": "n-1", "customerId": "c", "items": [ITEM], "currency": "EUR"}
+            await CommandService(settings, api).handle(
+                "order", "n-1", place_order, data, CommandMeta()
+            )
+            await asyncio.wait_for(woken.wait(), 10)
+        finally:
+            await api.close()
+            await relay.close()
 
     asyncio.run(scenario())
