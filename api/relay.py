@@ -8,8 +8,15 @@ with the same event id, so a crash or a broker outage can duplicate an event
 but never lose one. Per entity only the acknowledged prefix of the batch is
 marked, so a retry never puts an entity's later event before an earlier one.
 
+On PostgreSQL a relay runs :attr:`~api.store.OutboxStore.parallel_claims`
+claims at once, each on its own connection and shards: while one batch waits
+for Kafka's acknowledgement the next is read and sent, which halves the time
+a committed row waits. Per-entity order holds because an entity's rows are in
+one shard and a shard is held by one claim at a time.
+
 Published rows and idempotency answers are deleted after
-``EVENTIDE_OUTBOX_RETENTION`` seconds.
+``EVENTIDE_OUTBOX_RETENTION`` seconds. Metrics (:class:`~api.metrics.RelayMetrics`):
+published events, batches, publish lag, backlog, errors.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from schemas.envelope import decode_envelope
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
+from .metrics import RelayMetrics, new_registry
 from .store import Claim, OutboxRow, OutboxStore
 
 logger = logging.getLogger(__name__)
@@ -50,17 +58,31 @@ class RelayStats:
 class OutboxRelay:
     """One relay; several may run against the same database."""
 
-    def __init__(self, settings: Settings, store: OutboxStore, relay_id: str | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        store: OutboxStore,
+        relay_id: str | None = None,
+        metrics: RelayMetrics | None = None,
+    ):
         self.settings = settings
         self.store = store
         self.relay_id = relay_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.stats = RelayStats()
+        self.metrics = metrics if metrics is not None else RelayMetrics(new_registry())
+        self._held: set[int] = set()
+        """Shards held by this relay's open claims (PostgreSQL), skipped by its next claim."""
+        self._last_backlog = 0.0
         self._wakeup = asyncio.Event()
+        self._commits = 0
+        """Commits announced by :meth:`wake`: a lane that saw one during its claim
+        claims again at once instead of waiting."""
         self._producer: AIOKafkaProducer | None = None
         self._last_cleanup = 0.0
 
     def wake(self) -> None:
         """Called after a commit: publish now instead of at the next poll."""
+        self._commits += 1
         self._wakeup.set()
 
     def _new_producer(self) -> AIOKafkaProducer:
@@ -86,6 +108,7 @@ class OutboxRelay:
                 return True
             except Exception as exc:
                 await producer.stop()
+                self.metrics.errors.labels("connect").inc()
                 logger.warning("relay cannot reach Kafka (%s); retrying in %.1fs", exc, delay)
                 await _sleep_or_stop(stop, delay)
                 delay = min(delay * 2, 5.0)
@@ -97,33 +120,67 @@ class OutboxRelay:
         try:
             if not await self._connect(stop):
                 return
+            await self.store.listen(self.wake)
             while not stop.is_set():
-                try:
-                    sent, failed = await self.publish_once()
-                except Exception:
-                    logger.exception("relay batch failed; retrying")
-                    sent, failed = 0, 1
-                if failed:
+                failed = await self._publish_loop(stop)
+                if failed and not stop.is_set():
                     await self._reset_producer(stop)
-                    continue
-                await self._maybe_cleanup()
-                if sent == 0:
-                    self._wakeup.clear()
-                    waiter = asyncio.ensure_future(self._wakeup.wait())
-                    stopper = asyncio.ensure_future(stop.wait())
-                    await asyncio.wait(
-                        {waiter, stopper},
-                        timeout=self.settings.relay_poll_interval,
-                        return_when=asyncio.FIRST_COMPLETED,
-                    )
-                    waiter.cancel()
-                    stopper.cancel()
         finally:
             if self._producer is not None:
                 await self._producer.stop()
                 self._producer = None
             await self.store.release(self.relay_id)
             logger.info("relay %s stopped: %d published", self.relay_id, self.stats.published)
+
+    async def _publish_loop(self, stop: asyncio.Event) -> bool:
+        """Claim and publish with ``parallel_claims`` lanes until ``stop`` or a
+        failed send (True: the producer needs a reset)."""
+        lanes = max(1, self.store.parallel_claims)
+        broken = asyncio.Event()
+
+        async def lane(n: int) -> None:
+            if n:
+                # Start the lanes out of step so they take turns with the broker.
+                await _sleep_or_stop(stop, 0.002 * n)
+            while not stop.is_set() and not broken.is_set():
+                commits = self._commits
+                try:
+                    sent, failed = await self.publish_once()
+                except Exception:
+                    logger.exception("relay batch failed; retrying")
+                    self.metrics.errors.labels("store").inc()
+                    sent, failed = 0, 1
+                if failed:
+                    broken.set()
+                    return
+                if n == 0:
+                    await self._maybe_cleanup()
+                    await self._maybe_refresh_backlog()
+                if sent == 0 and commits == self._commits:
+                    await self._idle(stop, broken)
+
+        await asyncio.gather(*(lane(n) for n in range(lanes)))
+        return broken.is_set()
+
+    async def _idle(self, stop: asyncio.Event, broken: asyncio.Event) -> None:
+        """Wait for a commit (``wake``), ``stop`` or the poll interval."""
+        self._wakeup.clear()
+        waiters = {asyncio.ensure_future(e.wait()) for e in (self._wakeup, stop, broken)}
+        await asyncio.wait(
+            waiters, timeout=self.settings.relay_poll_interval, return_when=asyncio.FIRST_COMPLETED
+        )
+        for waiter in waiters:
+            waiter.cancel()
+
+    async def _maybe_refresh_backlog(self) -> None:
+        now = time.monotonic()
+        if now - self._last_backlog < 1.0:
+            return
+        self._last_backlog = now
+        try:
+            self.metrics.backlog.set(await self.store.pending_count())
+        except Exception as exc:  # a metric is not worth stopping the relay for
+            logger.warning("relay: cannot count the outbox backlog: %s", exc)
 
     async def _reset_producer(self, stop: asyncio.Event) -> None:
         if self._producer is not None:
@@ -134,10 +191,17 @@ class OutboxRelay:
 
     async def publish_once(self) -> tuple[int, int]:
         """One batch: returns (rows marked published, rows whose send failed)."""
-        async with self.store.claim(self.relay_id, self.settings.relay_batch_size) as claim:
+        claimed = self.store.claim(
+            self.relay_id, self.settings.relay_batch_size, exclude=frozenset(self._held)
+        )
+        async with claimed as claim:
             if not claim.rows:
                 return 0, 0
-            return await self._publish(claim)
+            self._held.update(claim.shards)
+            try:
+                return await self._publish(claim)
+            finally:
+                self._held.difference_update(claim.shards)
 
     async def _publish(self, claim: Claim) -> tuple[int, int]:
         producer = self._producer
@@ -166,10 +230,19 @@ class OutboxRelay:
                 ok.append(row)
         claim.mark_published([row.id for row in ok])
         self.stats.published += len(ok)
-        self.stats.lags.extend(acked_at - row.created_at for row in ok)
+        lags = [acked_at - row.created_at for row in ok]
+        self.stats.lags.extend(lags)
+        metrics = self.metrics
+        metrics.published.inc(len(ok))
+        metrics.batches.inc()
+        metrics.batch_rows.observe(len(claim.rows))
+        observe = metrics.lag.observe
+        for lag in lags:
+            observe(lag)
         failed = len(claim.rows) - len(ok)
         if failed:
             self.stats.failed_batches += 1
+            metrics.errors.labels("send").inc()
             logger.warning(
                 "relay: %d of %d rows not acknowledged (%s: %s); they stay pending",
                 failed,
@@ -197,11 +270,31 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
 
 
 async def run_relay(settings: Settings) -> None:
-    """``eventide relay``: run a relay until SIGINT/SIGTERM."""
+    """``eventide relay``: run a relay until SIGINT/SIGTERM, with its metrics on
+    ``EVENTIDE_RELAY_METRICS_PORT`` (0: not served)."""
     import signal
+
+    from prometheus_client import start_http_server
 
     from .store import store_for
 
+    registry = new_registry()
+    if settings.relay_metrics_port:
+        try:
+            start_http_server(settings.relay_metrics_port, settings.api_host, registry=registry)
+            logger.info(
+                "relay metrics on http://%s:%d/metrics",
+                settings.api_host,
+                settings.relay_metrics_port,
+            )
+        except OSError as exc:
+            # Another relay on this host has the port: publishing matters more.
+            logger.warning(
+                "relay metrics not served: port %d (EVENTIDE_RELAY_METRICS_PORT): %s; "
+                "give each relay on a host its own port",
+                settings.relay_metrics_port,
+                exc,
+            )
     store = store_for(settings)
     await store.open()
     stop = asyncio.Event()
@@ -209,6 +302,6 @@ async def run_relay(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await OutboxRelay(settings, store).run(stop)
+        await OutboxRelay(settings, store, metrics=RelayMetrics(registry)).run(stop)
     finally:
         await store.close()

@@ -12,7 +12,7 @@ from schemas.envelope import Envelope
 from streams.settings import Settings
 from streams.topics import ORDER_EVENTS, USER_EVENTS, TopicSpec
 
-from .aggregate import CommandMeta, Decision, stream_of
+from .aggregate import CommandMeta, Decision, create_user, place_order, stream_of
 from .exceptions import ConcurrencyError
 from .store import CommandOutcome, IdempotencyKey, OutboxStore
 
@@ -20,6 +20,8 @@ logger = logging.getLogger(__name__)
 
 TOPIC_OF_KIND: dict[str, TopicSpec] = {"order": ORDER_EVENTS, "user": USER_EVENTS}
 ATTEMPTS = 10
+CREATES = frozenset({place_order, create_user})
+"""Deciders of commands that create their entity: tried without reading a history."""
 
 Decider = Callable[[list[Envelope], dict[str, Any], CommandMeta], Decision]
 
@@ -49,12 +51,22 @@ class CommandService:
         """Decide and commit one command; the answer to give the client."""
         stream = stream_of(kind, entity_id)
         topic = self.settings.topic(TOPIC_OF_KIND[kind].name)
+        expect_new = decider in CREATES
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 outcome = await self.store.execute(
-                    stream, topic, lambda history: decider(history, data, meta), idempotency
+                    stream,
+                    topic,
+                    lambda history: decider(history, data, meta),
+                    idempotency,
+                    expect_new=expect_new,
                 )
             except ConcurrencyError:
+                if expect_new:
+                    # The entity exists after all: decide against its events
+                    # (the decider answers 409), at once.
+                    expect_new = False
+                    continue
                 if attempt == ATTEMPTS:
                     raise
                 logger.debug("%s: concurrent command, attempt %d", stream, attempt)

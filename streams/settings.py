@@ -145,6 +145,11 @@ class Settings:
     relay_poll_interval: float = 0.05
     """EVENTIDE_RELAY_POLL_INTERVAL: seconds between outbox polls when idle."""
 
+    relay_metrics_port: int = 6081
+    """EVENTIDE_RELAY_METRICS_PORT: port where a standalone ``eventide relay``
+    serves Prometheus metrics (0: none; a relay inside the API uses the API's
+    ``/metrics``)."""
+
     outbox_retention: float = 86400.0
     """EVENTIDE_OUTBOX_RETENTION: seconds published outbox rows and idempotency keys
     are kept before the relay deletes them."""
@@ -421,6 +426,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "api_relay": _bool,
     "relay_batch_size": _int(1, 100_000),
     "relay_poll_interval": _float(0.001, 60),
+    "relay_metrics_port": _int(0, 65535),
     "outbox_retention": _float(0, 365 * 86400),
     "metrics_interval": _float(0.1, 60),
     "admin_endpoints": _bool,

@@ -49,4 +49,5 @@ def store_for(settings: Settings) -> OutboxStore:
     path = sqlite_path(settings)
     if path is not None:
         return SqliteStore(path)
-    return PostgresStore(settings.database_url.reveal())
+    # An API whose relay runs in another process announces its commits to it.
+    return PostgresStore(settings.database_url.reveal(), notify=not settings.api_relay)

@@ -93,6 +93,8 @@ class Claim:
 
     rows: list[OutboxRow]
     """Unpublished rows, in outbox order."""
+    shards: frozenset[int] = frozenset()
+    """Shards this claim holds (PostgreSQL); no other claim gets their rows."""
     published: list[int] = field(default_factory=list)
     """Ids the relay has seen acknowledged by Kafka."""
 
@@ -122,9 +124,20 @@ class OutboxStore(ABC):
 
     @abstractmethod
     async def execute(
-        self, stream: str, topic: str, decide: Decider, idempotency: IdempotencyKey | None
+        self,
+        stream: str,
+        topic: str,
+        decide: Decider,
+        idempotency: IdempotencyKey | None,
+        expect_new: bool = False,
     ) -> CommandOutcome:
         """Run a command in one transaction (see the module docstring).
+
+        ``expect_new``: the command creates the entity, so its history is most
+        likely empty; a store may then decide against no events without reading
+        them, provided that appending event number 1 fails with
+        :class:`~api.exceptions.ConcurrencyError` when the stream already has
+        one (the caller then retries with ``expect_new=False``).
 
         With an idempotency key already stored for the same request, return its
         stored answer (``replayed=True``) and write nothing; for another request
@@ -133,9 +146,20 @@ class OutboxStore(ABC):
         appended to the same stream first (the caller retries).
         """
 
+    parallel_claims: int = 1
+    """Claims one relay may hold at once (each on its own shards)."""
+
     @abstractmethod
-    def claim(self, relay_id: str, limit: int) -> AbstractAsyncContextManager[Claim]:
-        """Up to ``limit`` unpublished rows for this relay alone, oldest first."""
+    def claim(
+        self, relay_id: str, limit: int, exclude: frozenset[int] = frozenset()
+    ) -> AbstractAsyncContextManager[Claim]:
+        """Up to ``limit`` unpublished rows for this relay alone, oldest first;
+        ``exclude``: shards the relay's other open claims hold."""
+
+    async def listen(self, on_commit: Callable[[], None]) -> None:
+        """Have ``on_commit`` called when another process commits commands
+        (a hint to publish now; by default none comes and relays poll)."""
+        del on_commit
 
     @abstractmethod
     async def release(self, relay_id: str) -> None:
@@ -148,6 +172,10 @@ class OutboxStore(ABC):
     @abstractmethod
     async def load_stream(self, stream: str) -> list[Envelope]:
         """An entity's events from the event store, oldest first."""
+
+    @abstractmethod
+    async def pending_count(self) -> int:
+        """Unpublished rows (cheap: the pending index only)."""
 
     @abstractmethod
     async def outbox_counts(self) -> dict[str, int]:
