@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from api.store import OutboxStore, store_for
 from schemas.envelope import Envelope, decode_envelope
 from streams.settings import Settings
 from streams.topics import ORDER_EVENTS, USER_EVENTS
-from tests.fixtures.worker import settings_env
+from tests.fixtures.worker import ChildProcess, settings_env
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -55,14 +54,13 @@ def child_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-class Process:
+class Process(ChildProcess):
     """An `eventide api` or `eventide relay` child process with its own log."""
 
     def __init__(self, command: str, settings: Settings, log: Path) -> None:
+        super().__init__(log)
         self.command = command
         self.settings = settings
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -94,26 +92,6 @@ class Process:
                 pass
             time.sleep(0.2)
         pytest.fail(f"{self.command} not ready after {timeout:.0f}s:\n{self.tail()}")
-
-    def kill(self) -> None:
-        """SIGKILL: no clean-up, no flush, like a crash."""
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait()
-
-    def stop(self, timeout: float = 30.0) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-
-    def tail(self, lines: int = 40) -> str:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
 
 
 @pytest.fixture
