@@ -12,10 +12,10 @@ import orjson
 
 from schemas.codecs import EventCodec
 from schemas.exceptions import DecodeError, ValidationError
-from streams.engine import BatchContext, Projection
+from streams.projection import BatchContext, Projection, Query, projection
 from streams.settings import Settings
 from streams.topics import CUSTOMER_FACTS, USER_EVENTS
-from tables.customers import (
+from tables.readmodels.customers import (
     TABLE_NAME,
     apply_order_fact,
     apply_user_created,
@@ -27,17 +27,17 @@ from tables.customers import (
 USER_EVENT_NAMES = frozenset({"user.created"})
 
 
+@projection(
+    TABLE_NAME,
+    sources=(USER_EVENTS, CUSTOMER_FACTS),
+    query=Query("customers", "customerId"),
+)
 class CustomersProjection(Projection):
     """customerId → profile and order statistics."""
 
-    table = TABLE_NAME
-
     def __init__(self, settings: Settings, codec: EventCodec) -> None:
-        self.codec = codec
-        self.users_topic = settings.topic(USER_EVENTS.name)
-        self.facts_topic = settings.topic(CUSTOMER_FACTS.name)
-        self.sources = (self.users_topic, self.facts_topic)
-        self.query_topic = self.users_topic
+        super().__init__(settings, codec)
+        self.users_topic, self.facts_topic = self.sources
 
     def apply(self, ctx: BatchContext, record: Any) -> None:
         if record.topic == self.facts_topic:

@@ -38,11 +38,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from schemas.codecs import EventCodec
-from streams.engine import BatchContext, Projection
+from streams.projection import BatchContext, Projection, projection
 from streams.settings import Settings
-from streams.sinks import CircuitBreaker, CircuitOpenError, NotificationSink, SinkError
+from streams.sinks import (
+    CircuitBreaker,
+    CircuitOpenError,
+    NotificationSink,
+    SinkError,
+    build_sink,
+)
 from streams.topics import ORDER_EVENTS, USER_EVENTS
-from tables.notifications import (
+from tables.readmodels.notifications import (
     KINDS,
     TABLE_NAME,
     Notification,
@@ -70,17 +76,21 @@ class _Queued:
     """Its dedupe key in the table."""
 
 
+# Sends happen in after_batch, after apply() has succeeded: a failed send is
+# retried on its own (it keeps an entity's order by failing the entity's later
+# sends of the batch too), not through the key's ordered retry queue
+# (ordered_retries=False). Its table records what the sink accepted, a side
+# effect that replaying the events cannot reproduce: `eventide rebuild
+# notifications` is refused (rebuildable=False).
+@projection(
+    TABLE_NAME,
+    sources=(USER_EVENTS, ORDER_EVENTS),
+    ordered_retries=False,
+    rebuildable=False,
+)
 class NotificationsProjection(Projection):
     """(entity id, event id) → when the event's notification was sent."""
 
-    table = TABLE_NAME
-    # Sends happen in after_batch, after apply() has succeeded: a failed send is
-    # retried on its own (it keeps an entity's order by failing the entity's
-    # later sends of the batch too), not through the key's ordered retry queue.
-    ordered_retries = False
-    # Its table records what the sink accepted, a side effect that replaying the
-    # events cannot reproduce: `eventide rebuild notifications` is refused.
-    rebuildable = False
     expire_per_batch = 1000
     """Most dedupe keys one batch of one partition forgets (bounded work)."""
 
@@ -88,11 +98,13 @@ class NotificationsProjection(Projection):
         self,
         settings: Settings,
         codec: EventCodec,
-        sink: NotificationSink,
+        sink: NotificationSink | None = None,
         breaker: CircuitBreaker | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.codec = codec
+        super().__init__(settings, codec)
+        if sink is None:
+            sink = build_sink(settings)  # EVENTIDE_NOTIFY_SINK
         self.sink = sink
         self.breaker = breaker or CircuitBreaker(
             settings.notify_breaker_failures,
@@ -101,8 +113,6 @@ class NotificationsProjection(Projection):
         )
         self.clock = clock
         self.retention_ms = int(settings.notify_retention * 1000)
-        self.sources = (settings.topic(USER_EVENTS.name), settings.topic(ORDER_EVENTS.name))
-        self.query_topic = self.sources[0]
         self.sent = 0
         """Notifications the sink accepted (this process)."""
         self.failed = 0

@@ -15,24 +15,26 @@ import orjson
 
 from schemas.codecs import EventCodec
 from schemas.exceptions import ValidationError
-from streams.engine import BatchContext, Projection
+from streams.projection import BatchContext, Projection, Query, projection
 from streams.settings import Settings
 from streams.topics import CUSTOMER_FACTS, ORDER_EVENTS, ORDER_VIEWS
-from tables.customers import fact_changed, order_fact
-from tables.orders import TABLE_NAME, apply_order_event
+from tables.readmodels.customers import fact_changed, order_fact
+from tables.readmodels.orders import TABLE_NAME, apply_order_event
 
 
+@projection(
+    TABLE_NAME,
+    sources=(ORDER_EVENTS,),
+    outputs=(ORDER_VIEWS, CUSTOMER_FACTS),
+    query=Query("orders", "orderId"),
+)
 class OrdersProjection(Projection):
     """orderId → order read model."""
 
-    table = TABLE_NAME
-
     def __init__(self, settings: Settings, codec: EventCodec) -> None:
-        self.codec = codec
-        self.sources = (settings.topic(ORDER_EVENTS.name),)
-        self.query_topic = self.sources[0]
-        self.views_topic = settings.topic(ORDER_VIEWS.name)
-        self.facts_topic = settings.topic(CUSTOMER_FACTS.name)
+        super().__init__(settings, codec)
+        self.views_topic = self.outputs[ORDER_VIEWS.name]
+        self.facts_topic = self.outputs[CUSTOMER_FACTS.name]
 
     def apply(self, ctx: BatchContext, record: Any) -> None:
         envelope = self.codec.decode(record.value, record.headers)

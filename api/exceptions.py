@@ -7,7 +7,7 @@ and what to do.
 
 from __future__ import annotations
 
-from streams.exceptions import EventideError
+from schemas.exceptions import EventideError
 
 
 class ApiError(EventideError):

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from streams import devbroker
+from eventide.tools import devbroker
 from streams.settings import Settings
 from streams.topics import ORDER_EVENTS, ensure_topics
 
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         log("recovery: deleting local RocksDB, restarting from the changelogs")
         shutil.rmtree(one.data_dir)
         t = time.monotonic()
-        proc = start([sys.executable, "-m", "streams.cli", "worker"], one, workdir / "rebuild.log")
+        proc = start([sys.executable, "-m", "eventide.cli", "worker"], one, workdir / "rebuild.log")
         procs = [proc]
         wait_until(lambda: ready(one), 1800, "recovery", proc)
         recovery_s = time.monotonic() - t
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             tag3 = uuid.uuid4().hex[:8]
             lat = settings("eventide", tag3, args.port + 3)
             asyncio.run(ensure_topics(lat))
-            proc = start([sys.executable, "-m", "streams.cli", "worker"], lat, workdir / "lat.log")
+            proc = start([sys.executable, "-m", "eventide.cli", "worker"], lat, workdir / "lat.log")
             procs = [proc]
             wait_until(lambda: ready(lat), 120, "latency worker start", proc)
             rates = [int(r) for r in args.rates.split(",") if r]

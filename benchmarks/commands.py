@@ -55,8 +55,8 @@ import uvloop
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from eventide.tools import devbroker
 from schemas.envelope import decode_envelope
-from streams import devbroker
 from streams.settings import Settings
 from streams.topics import ORDER_EVENTS, USER_EVENTS
 
@@ -120,7 +120,7 @@ def _start(command: str, settings: Settings, log: Path) -> subprocess.Popen[byte
     env["EVENTIDE_DATABASE_URL"] = settings.database_url.reveal()
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", command],
+            [sys.executable, "-m", "eventide.cli", command],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -29,8 +29,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from streams import devbroker
-from streams.demo import fetch_json
+from eventide.tools import devbroker
+from eventide.tools.demo import fetch_json
 from streams.settings import Settings
 from streams.topics import CUSTOMER_FACTS, ORDER_EVENTS, USER_EVENTS, ensure_topics
 
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     def start() -> subprocess.Popen[bytes]:
         with (workdir / "worker.log").open("ab") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker"],
+                [sys.executable, "-m", "eventide.cli", "worker"],
                 env=env_of(settings),
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -44,9 +44,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from eventide.tools import devbroker
+from eventide.tools.demo import fetch_json
 from schemas.codecs import EventCodec
-from streams import devbroker
-from streams.demo import fetch_json
 from streams.failures import retry_topic
 from streams.settings import Settings
 from streams.topics import CUSTOMER_FACTS, ORDER_EVENTS, USER_EVENTS, ensure_topics
@@ -152,7 +152,7 @@ def drain_eventide(
     facts = [settings.topic(CUSTOMER_FACTS.name)]
     facts += [retry_topic(t) for t in sources + facts]
     launched = time.monotonic()
-    command = command or [sys.executable, "-m", "streams.cli", "worker"]
+    command = command or [sys.executable, "-m", "eventide.cli", "worker"]
     proc = start(command, settings, workdir / "worker.log")
     wait_until(lambda: ready(settings), 120, "eventide worker start", proc)
     t_ready = time.monotonic()
@@ -224,7 +224,7 @@ async def _read_all(settings: Settings, total: int, decode: bool) -> dict[str, f
         max_partition_fetch_bytes=4 * 1024 * 1024,
         fetch_max_bytes=32 * 1024 * 1024,
     )
-    codec = EventCodec.from_settings(settings)
+    codec = EventCodec(limits=settings.limits)
     await consumer.start()
     try:
         seen, t0, cpu0 = 0, 0.0, 0.0
@@ -389,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(eventide.data_dir)
         t = time.monotonic()
         proc = start(
-            [sys.executable, "-m", "streams.cli", "worker"], eventide, workdir / "rebuild.log"
+            [sys.executable, "-m", "eventide.cli", "worker"], eventide, workdir / "rebuild.log"
         )
         wait_until(lambda: ready(eventide), 1800, "rebuild", proc)
         rebuild_s = time.monotonic() - t

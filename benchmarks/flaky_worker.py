@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from streams.app import EventideApp
+from eventide.app import EventideApp
+from eventide.worker import run_worker
 from streams.settings import Settings
-from streams.worker import run_worker
 
 APPLIED_LOG = "flaky-applied"
 

@@ -27,7 +27,9 @@ def drain_workers(
     facts = [first.topic(CUSTOMER_FACTS.name)]
     procs = [
         start(
-            [sys.executable, "-m", "streams.cli", "worker"], s, workdir / f"worker-{s.web_port}.log"
+            [sys.executable, "-m", "eventide.cli", "worker"],
+            s,
+            workdir / f"worker-{s.web_port}.log",
         )
         for s in workers
     ]

@@ -21,8 +21,8 @@ from streams.outputs import BatchSender, KeyPartitioner
 from streams.produce import key_of
 from streams.settings import Settings
 from streams.topics import ORDER_EVENTS, USER_EVENTS
-from tables.customers import apply_user_created, customer_view, empty_customer
-from tables.orders import apply_order_event
+from tables.readmodels.customers import apply_user_created, customer_view, empty_customer
+from tables.readmodels.orders import apply_order_event
 
 SKUS = [("sku-book", 12.5), ("sku-mug", 8.0), ("sku-lamp", 39.9), ("sku-tea", 4.25)]
 

@@ -2,7 +2,7 @@
 
 :meth:`EventCodec.decode` is the entry point for a consumed record::
 
-    codec = EventCodec.from_settings(settings)   # once; compiles every schema
+    codec = EventCodec(limits=settings.limits)   # once; compiles every schema
     envelope = codec.decode(record.value, record.headers)
 
 It applies the limits (:mod:`schemas.limits`) first, picks the form from the
@@ -129,11 +129,6 @@ class EventCodec:
         self._avro_trusted_size = min(lim.max_string_length, lim.max_array_length)
         self._json_plans: dict[tuple[str, str], _ReadPlan] = {}
         self._avro_plans: dict[int, tuple[SchemaEntry, _ReadPlan]] = {}
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> EventCodec:
-        """A codec over the committed registry with the limits of ``settings``."""
-        return cls(Registry.load(), Limits.from_settings(settings))
 
     # -- decoding --------------------------------------------------------------------------
 
@@ -539,7 +534,7 @@ def default_codec() -> EventCodec:
 def decode_event(value: bytes | bytearray | memoryview | None, headers: Headers = None) -> Envelope:
     """Decode one record with :func:`default_codec` (limits, content type, schema validation).
 
-    Workers should build their own ``EventCodec.from_settings(settings)`` to apply
+    Workers should build their own ``EventCodec(limits=settings.limits)`` to apply
     the configured limits; this is the same with the default limits.
     """
     return default_codec().decode(value, headers)

@@ -1,6 +1,12 @@
 """Errors of the event contracts: decoding, validation, the registry, evolution.
 
-Two families, both under :class:`streams.exceptions.EventideError`:
+:class:`EventideError` is the root of every error Eventide raises on purpose,
+in every layer; it lives here, in the bottom layer, so that every package can
+derive from it. It carries no HTTP status: the API and the worker's views map
+errors to status codes at their edge. Behaviour lives on the class:
+``retriable`` says whether trying the same operation again can help.
+
+Two families of the contracts' own errors:
 
 - :class:`EventError`: one event could not be used (bad bytes, a missing
   field, a version no reader handles). Retrying never helps, the same bytes
@@ -12,7 +18,11 @@ Two families, both under :class:`streams.exceptions.EventideError`:
 
 from __future__ import annotations
 
-from streams.exceptions import EventideError
+
+class EventideError(Exception):
+    """Base class of every error Eventide raises on purpose."""
+
+    retriable: bool = False
 
 
 class EventError(EventideError):

@@ -11,12 +11,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from .exceptions import LimitExceededError
-
-if TYPE_CHECKING:
-    from streams.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,16 +27,6 @@ class Limits:
     """Longest string, in characters, of any envelope or data field (EVENTIDE_MAX_STRING_LENGTH)."""
     max_array_length: int = 10_000
     """Most elements in any array of the data (EVENTIDE_MAX_ARRAY_LENGTH)."""
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Limits:
-        """The limits configured in ``settings``."""
-        return cls(
-            max_record_bytes=settings.max_record_bytes,
-            max_json_depth=settings.max_json_depth,
-            max_string_length=settings.max_string_length,
-            max_array_length=settings.max_array_length,
-        )
 
     def check_size(self, raw: bytes | bytearray | memoryview) -> None:
         """Raise :class:`LimitExceededError` when ``raw`` is larger than allowed."""

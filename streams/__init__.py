@@ -1,15 +1,18 @@
-"""The Eventide runtime: settings, app factory, topics, dev broker, CLI."""
+"""The Eventide runtime: settings, topic catalogue, the batch projection engine,
+failure routing, outputs, metrics and the worker's HTTP views.
 
-from .app import EventideApp, create_app
-from .exceptions import BrokerError, EventideError, SettingsError, TopicConfigError
-from .settings import Settings
+Importing this package loads no Kafka or Faust client: the engine and the views
+are imported from their modules (``streams.engine``, ``streams.views``).
+"""
+
+from .exceptions import BrokerError, RebuildError, SettingsError, TopicConfigError
+from .settings import SecretUrl, Settings
 
 __all__ = [
     "BrokerError",
-    "EventideApp",
-    "EventideError",
+    "RebuildError",
+    "SecretUrl",
     "Settings",
     "SettingsError",
     "TopicConfigError",
-    "create_app",
 ]

@@ -40,110 +40,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, TopicAlreadyExistsError
 from aiokafka.structs import ConsumerRecord
 from mode import Service
 
-from tables.store import CHANGELOG, OFFSETS_KEY, PartitionStore, RocksDBOptions, Transaction
+from tables.changelog import CHANGELOG, apply_changelog
+from tables.store import PartitionStore, RocksDBOptions
+from tables.transaction import Transaction
 
 from .assignor import HostAwareRangeAssignor
 from .failures import FailureRouter, Outcome, RetryPolicy, retry_topic
 from .metrics import EngineMetrics
 from .outputs import BatchSender, KeyPartitioner, Submitted
+from .projection import BatchContext, Projection
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class BatchContext:
-    """What a projection may touch while it applies one record."""
-
-    tx: Transaction
-    """The partition's transaction for this batch."""
-    outputs: dict[tuple[str, bytes], tuple[bytes, bytes]] = field(default_factory=dict)
-    """(topic, dedupe id) → (key, value) to emit after the batch; last write wins."""
-
-    def emit(self, topic: str, key: bytes, value: bytes, dedupe: bytes | None = None) -> None:
-        """Emit ``value`` under ``key`` on ``topic`` with the batch's other records.
-
-        Within one batch only the last value per ``(topic, dedupe)`` is sent
-        (``dedupe`` defaults to the key): a read model emits its net change.
-        """
-        self.outputs[(topic, key if dedupe is None else dedupe)] = (key, value)
-
-    sends: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]], int]] = field(
-        default_factory=list
-    )
-    """Records for retry and dead-letter topics: (topic, key, value, headers, partition)."""
-
-    def send(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        headers: list[tuple[str, bytes]],
-        partition: int,
-    ) -> None:
-        """Send a record with the batch (every one is sent, in order)."""
-        self.sends.append((topic, key, value, headers, partition))
-
-
-class Projection(ABC):
-    """A read model fed by co-partitioned source topics.
-
-    Ordering guarantee: :meth:`apply` is called for the records of one source
-    partition in offset order, never concurrently; records of different
-    partitions may interleave between batches.
-    """
-
-    table: str
-    """Name of the table (its store folder and changelog topic derive from it)."""
-    sources: tuple[str, ...]
-    """Full names of the source topics; all have the same partition count."""
-    query_topic: str
-    """The source topic whose key partitioning decides which worker owns a key."""
-    ordered_retries: bool = True
-    """While a record waits in retry, later records of its key wait behind it
-    (streams/failures.py); False retries records independently."""
-    rebuildable: bool = True
-    """``eventide rebuild`` may replay the sources into a fresh copy of the table
-    (streams/rebuild.py): the table is a pure function of the source records,
-    kept by :meth:`apply` alone. False for a projection with side effects."""
-
-    @abstractmethod
-    def apply(self, ctx: BatchContext, record: ConsumerRecord[bytes, bytes]) -> None:
-        """Apply one record.
-
-        Raise :class:`~schemas.exceptions.EventError` for bad input (the record
-        goes to the dead-letter topic at once); any other exception is a
-        handler failure (the record goes to the retry topic with backoff, then
-        to the dead-letter topic after the last attempt).
-        """
-
-    async def after_batch(
-        self, ctx: BatchContext
-    ) -> list[tuple[ConsumerRecord[bytes, bytes], BaseException]]:
-        """Perform the batch's side effects, after every record is applied and
-        before anything is made durable; return the records whose side effect
-        failed (they are retried like records whose :meth:`apply` raised).
-
-        Default: no side effects.
-        """
-        return []
-
-    def view(self, stored: Any) -> Any:
-        """The document served over HTTP for a stored value (default: as stored)."""
-        return stored
 
 
 @dataclass
@@ -154,19 +73,6 @@ class _InFlight:
     encoded: dict[tuple[str, int], dict[bytes, bytes | None]]
     commits: dict[TopicPartition, int]
     submitted: Submitted
-
-
-def apply_changelog(store: PartitionStore, records: list[ConsumerRecord[Any, Any]]) -> None:
-    """Write changelog records (data and offsets meta) to a store in one WriteBatch."""
-    values: dict[bytes, bytes | None] = {}
-    offsets: dict[str, int] = {}
-    for record in records:
-        if record.key == OFFSETS_KEY:
-            offsets.update(orjson.loads(record.value))
-        elif record.key is not None:
-            values[record.key] = record.value
-    offsets[CHANGELOG] = records[-1].offset
-    store.write(values, offsets)
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -375,7 +281,9 @@ class ProjectionEngine(Service):
             ctx = contexts.get(key)
             if ctx is None:
                 parent = pending.get(key)
-                ctx = contexts[key] = BatchContext(store.begin(parent.tx if parent else None))
+                ctx = contexts[key] = BatchContext(
+                    Transaction(store, parent.tx if parent else None)
+                )
             applied = store.offset(tp.topic)
             skipped, invalid = self.events_skipped, self.events_invalid
             from_retry = tp.topic in self.retry_topics
@@ -442,10 +350,9 @@ class ProjectionEngine(Service):
         encoded: dict[tuple[str, int], dict[bytes, bytes | None]] = {}
         for (table, partition), ctx in contexts.items():
             changelog = self.changelog_topic(table)
-            values = encoded[(table, partition)] = ctx.tx.encoded()
-            for k, v in values.items():
+            values = encoded[(table, partition)] = ctx.tx.prepare()
+            for k, v in ctx.tx.changelog():
                 add(changelog, partition, k, v)
-            add(changelog, partition, OFFSETS_KEY, orjson.dumps(ctx.tx.offsets))
             self.metrics.changelog_written(table, len(values) + 1)
         submitted = await sender.submit()
         self._pending = _InFlight(contexts, encoded, commits, submitted)
@@ -475,8 +382,7 @@ class ProjectionEngine(Service):
         assert self._consumer is not None
         last = await inflight.submitted.acknowledged()
         for (table, partition), ctx in inflight.contexts.items():
-            ctx.tx.applied(CHANGELOG, last[(self.changelog_topic(table), partition)])
-            ctx.tx.commit(inflight.encoded[(table, partition)])
+            ctx.tx.flush(last[(self.changelog_topic(table), partition)])
         self.metrics.batch_committed(inflight)
         if inflight.commits or self._uncommitted:
             await self._commit(inflight.commits)

@@ -1,18 +1,15 @@
-"""The project's base exception and the runtime layer's errors.
+"""The runtime layer's errors.
 
-Every error Eventide raises on purpose derives from :class:`EventideError`.
-Behaviour lives on the class: ``retriable`` says whether trying the same
-operation again can help (a broker that is still starting) or cannot (a
-malformed event, a bad setting).
+Every error Eventide raises on purpose derives from
+:class:`schemas.exceptions.EventideError` (the bottom layer). Behaviour lives
+on the class: ``retriable`` says whether trying the same operation again can
+help (a broker that is still starting) or cannot (a bad setting). None
+carries an HTTP status: the worker's views map them at their edge.
 """
 
 from __future__ import annotations
 
-
-class EventideError(Exception):
-    """Base class of every error Eventide raises on purpose."""
-
-    retriable: bool = False
+from schemas.exceptions import EventideError
 
 
 class SettingsError(EventideError):
@@ -30,35 +27,24 @@ class TopicConfigError(EventideError):
 
 
 class RebuildError(EventideError):
-    """A read-model rebuild cannot start or did not finish.
-
-    ``status`` is the HTTP status the worker answers with for it.
-    """
-
-    status: int = 500
+    """A read-model rebuild cannot start or did not finish."""
 
 
 class UnknownReadModelError(RebuildError):
     """No read model has that name."""
 
-    status = 404
-
 
 class NotRebuildableError(RebuildError):
     """The read model records side effects; replaying its sources cannot rebuild it."""
-
-    status = 400
 
 
 class RebuildRunningError(RebuildError):
     """A rebuild of that read model is already running on the worker."""
 
-    status = 409
     retriable = True
 
 
 class RebuildUnavailableError(RebuildError):
     """The worker cannot start a rebuild now (partitions are being assigned)."""
 
-    status = 503
     retriable = True

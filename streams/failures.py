@@ -35,6 +35,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, NamedTuple
 
 from schemas.exceptions import EventError
@@ -151,8 +152,8 @@ def origin_of(record: Any, meta: RetryMeta | None = None) -> Origin:
     )
 
 
-class Outcome:
-    """What happened to one record (also the metrics label)."""
+class Outcome(StrEnum):
+    """What happened to one record (its value is also the metrics label)."""
 
     APPLIED = "applied"
     INVALID = "dead_lettered_invalid"
@@ -185,7 +186,7 @@ class FailureRouter:
 
     # -- entry points ------------------------------------------------------
 
-    def handle(self, projection: Any, ctx: Any, record: Any, from_retry: bool) -> str:
+    def handle(self, projection: Any, ctx: Any, record: Any, from_retry: bool) -> Outcome:
         """Apply ``record`` (from a source or a retry topic); route it if it fails."""
         self._table = projection.table
         if from_retry:
@@ -209,7 +210,7 @@ class FailureRouter:
         except Exception as exc:
             return self.failed(projection, ctx, record, exc)
 
-    def failed(self, projection: Any, ctx: Any, record: Any, exc: BaseException) -> str:
+    def failed(self, projection: Any, ctx: Any, record: Any, exc: BaseException) -> Outcome:
         """Route a source record whose handler failed: retry topic, attempt 1."""
         self._table = projection.table
         now = self.now_ms()
@@ -237,7 +238,7 @@ class FailureRouter:
         """Milliseconds until a retry-topic record may be tried (<= 0: now)."""
         return RetryMeta.of(record.headers).not_before - self.now_ms()
 
-    def _handle_retry(self, projection: Any, ctx: Any, record: Any) -> str:
+    def _handle_retry(self, projection: Any, ctx: Any, record: Any) -> Outcome:
         for k, v in record.headers:
             if k == H_PROJECTION and v != projection.table.encode():
                 return Outcome.STALE  # another projection's retry
@@ -268,7 +269,7 @@ class FailureRouter:
 
     def retry_failed(
         self, projection: Any, ctx: Any, origin: Origin, meta: RetryMeta, exc: BaseException
-    ) -> str:
+    ) -> Outcome:
         """A retried record failed again: next attempt, or the DLQ after the last."""
         self._table = projection.table
         attempt = meta.attempt + 1

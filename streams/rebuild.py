@@ -65,9 +65,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from schemas.exceptions import EventError
-from tables.store import CHANGELOG, OFFSETS_KEY, PartitionStore
+from tables.changelog import CHANGELOG, OFFSETS_KEY
+from tables.store import PartitionStore
+from tables.transaction import Transaction
 
-from .engine import BatchContext, Projection, ProjectionEngine
+from .engine import ProjectionEngine
 from .exceptions import (
     NotRebuildableError,
     RebuildError,
@@ -76,6 +78,7 @@ from .exceptions import (
     UnknownReadModelError,
 )
 from .failures import STATE_PREFIX, retry_topic
+from .projection import BatchContext, Projection
 
 logger = logging.getLogger(__name__)
 
@@ -451,7 +454,7 @@ class RebuildManager:
         records: list[ConsumerRecord[Any, Any]],
     ) -> None:
         progress = rebuild.partitions[tp]
-        ctx = BatchContext(shadow.begin())  # its outputs and sends are dropped
+        ctx = BatchContext(Transaction(shadow))  # its outputs and sends are dropped
         last = -1
         for record in records:
             if record.offset >= progress.target:  # beyond the live model: read it later

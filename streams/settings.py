@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from schemas.limits import Limits
+
 from .exceptions import SettingsError
 
 PREFIX = "EVENTIDE_"
+Parser = Callable[[str, str], Any]
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 T = TypeVar("T")
 
@@ -42,225 +45,6 @@ class SecretUrl:
 
     def __repr__(self) -> str:
         return f"SecretUrl({str(self)!r})"
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Runtime configuration of a worker, the demo and the dev broker."""
-
-    broker_url: str = "kafka://127.0.0.1:9092"
-    """EVENTIDE_BROKER_URL: Kafka bootstrap servers, ``kafka://host:port[;host:port]``."""
-
-    app_id: str = "eventide"
-    """EVENTIDE_APP_ID: consumer group id and prefix of changelog topics."""
-
-    topic_prefix: str = ""
-    """EVENTIDE_TOPIC_PREFIX: prepended to every topic name (tests use a uuid)."""
-
-    partitions: int = 8
-    """EVENTIDE_PARTITIONS: partitions of every topic Eventide creates."""
-
-    replication_factor: int = 1
-    """EVENTIDE_REPLICATION_FACTOR: replicas of every topic Eventide creates."""
-
-    data_dir: Path = Path(".eventide/data")
-    """EVENTIDE_DATA_DIR: where the worker keeps its RocksDB tables."""
-
-    state_dir: Path = Path(".eventide")
-    """EVENTIDE_STATE_DIR: pid files, logs and the dev broker's storage."""
-
-    web_host: str = "127.0.0.1"
-    """EVENTIDE_WEB_HOST: address the worker's HTTP server binds and advertises."""
-
-    web_port: int = 6066
-    """EVENTIDE_WEB_PORT: port of the worker's HTTP server (queries, health)."""
-
-    log_level: str = "info"
-    """EVENTIDE_LOG_LEVEL: debug, info, warning, error or critical."""
-
-    broker_heap: str = "1g"
-    """EVENTIDE_BROKER_HEAP: maximum Java heap of the development broker (-Xmx)."""
-
-    broker_start_timeout: float = 60.0
-    """EVENTIDE_BROKER_START_TIMEOUT: seconds to wait for the dev broker to answer."""
-
-    max_record_bytes: int = 1_048_576
-    """EVENTIDE_MAX_RECORD_BYTES: larger record values are rejected before decoding."""
-
-    max_json_depth: int = 32
-    """EVENTIDE_MAX_JSON_DEPTH: deepest JSON nesting accepted, checked before parsing."""
-
-    max_string_length: int = 65_536
-    """EVENTIDE_MAX_STRING_LENGTH: longest string (characters) of an event field."""
-
-    max_array_length: int = 10_000
-    """EVENTIDE_MAX_ARRAY_LENGTH: most elements in an array of an event's data."""
-
-    batch_max_records: int = 10_000
-    """EVENTIDE_BATCH_MAX_RECORDS: most records a projection batch takes at once."""
-
-    batch_max_wait_ms: int = 100
-    """EVENTIDE_BATCH_MAX_WAIT_MS: longest wait for records before a batch is cut."""
-
-    retry_attempts: int = 5
-    """EVENTIDE_RETRY_ATTEMPTS: attempts in the retry topic before a failing record
-    is dead-lettered."""
-
-    retry_backoff_ms: int = 500
-    """EVENTIDE_RETRY_BACKOFF_MS: delay before the first retry; doubles per attempt."""
-
-    retry_backoff_max_ms: int = 60_000
-    """EVENTIDE_RETRY_BACKOFF_MAX_MS: longest delay between two attempts."""
-
-    projections: str = "orders,customers,notifications"
-    """EVENTIDE_PROJECTIONS: the projections this worker runs, comma-separated, of
-    ``orders``, ``customers`` and ``notifications`` (see :data:`PROJECTIONS`)."""
-
-    standby_replicas: int = 0
-    """EVENTIDE_STANDBY_REPLICAS: other workers that keep a warm copy of each table
-    partition by following its changelog, so a failover restores only the tail."""
-
-    session_timeout_ms: int = 10_000
-    """EVENTIDE_SESSION_TIMEOUT_MS: how long a silent worker keeps its partitions
-    before the group gives them to the others (Kafka's session.timeout.ms)."""
-
-    database_url: SecretUrl = field(default_factory=lambda: SecretUrl(""))
-    """EVENTIDE_DATABASE_URL: the command API's database (domain rows + outbox).
-    Empty: SQLite in ``<state_dir>/outbox.sqlite3``; ``sqlite:///path`` or
-    ``postgresql://user:password@host:port/db``. Its password is never printed."""
-
-    api_host: str = "127.0.0.1"
-    """EVENTIDE_API_HOST: address the command API (``eventide api``) binds."""
-
-    api_port: int = 6080
-    """EVENTIDE_API_PORT: port of the command API."""
-
-    api_relay: bool = True
-    """EVENTIDE_API_RELAY: run the outbox relay inside the API process (else run
-    ``eventide relay`` separately)."""
-
-    relay_batch_size: int = 500
-    """EVENTIDE_RELAY_BATCH_SIZE: outbox rows the relay publishes per batch."""
-
-    relay_poll_interval: float = 0.05
-    """EVENTIDE_RELAY_POLL_INTERVAL: seconds between outbox polls when idle."""
-
-    relay_metrics_port: int = 6081
-    """EVENTIDE_RELAY_METRICS_PORT: port where a standalone ``eventide relay``
-    serves Prometheus metrics (0: none; a relay inside the API uses the API's
-    ``/metrics``)."""
-
-    outbox_retention: float = 86400.0
-    """EVENTIDE_OUTBOX_RETENTION: seconds published outbox rows and idempotency keys
-    are kept before the relay deletes them."""
-
-    metrics_interval: float = 2.0
-    """EVENTIDE_METRICS_INTERVAL: seconds between refreshes of the consumer lag metric."""
-
-    admin_endpoints: bool = False
-    """EVENTIDE_ADMIN_ENDPOINTS: serve POST /admin/pause and /admin/resume on the
-    worker's web port (pause or resume the projections' consumer; tests, drills)."""
-
-    notify_sink: str = "file"
-    """EVENTIDE_NOTIFY_SINK: where notifications go: ``file`` (JSON lines) or ``webhook``."""
-
-    notify_file: str = ""
-    """EVENTIDE_NOTIFY_FILE: the file sink's JSON-lines file; empty:
-    ``<state_dir>/notifications.jsonl`` (see :attr:`notify_path`)."""
-
-    notify_webhook_url: SecretUrl = field(default_factory=lambda: SecretUrl(""))
-    """EVENTIDE_NOTIFY_WEBHOOK_URL: the webhook sink's URL (http or https); a
-    password in it is never printed."""
-
-    notify_webhook_timeout: float = 5.0
-    """EVENTIDE_NOTIFY_WEBHOOK_TIMEOUT: seconds one webhook request may take in all."""
-
-    notify_webhook_concurrency: int = 16
-    """EVENTIDE_NOTIFY_WEBHOOK_CONCURRENCY: webhook requests in flight at once."""
-
-    notify_retention: float = 7 * 86400.0
-    """EVENTIDE_NOTIFY_RETENTION: seconds a sent notification's event id is
-    remembered; a redelivery within this window is never sent again."""
-
-    notify_breaker_failures: int = 5
-    """EVENTIDE_NOTIFY_BREAKER_FAILURES: consecutive sink failures that open the
-    circuit breaker."""
-
-    notify_breaker_cooldown: float = 10.0
-    """EVENTIDE_NOTIFY_BREAKER_COOLDOWN: seconds an open breaker refuses every send
-    before it lets one probe through."""
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Build settings from ``EVENTIDE_*`` variables, defaults for the rest."""
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            var = PREFIX + f.name.upper()
-            if var in env:
-                values[f.name] = _PARSERS[f.name](var, env[var])
-        settings = cls(**values)
-        settings.validate()
-        return settings
-
-    def to_env(self) -> dict[str, str]:
-        """The EVENTIDE_* variables that reproduce these settings in a child process
-        (secrets in clear: a child needs the real value)."""
-        env = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            text = value.reveal() if isinstance(value, SecretUrl) else str(value)
-            env[PREFIX + f.name.upper()] = text
-        return env
-
-    def validate(self) -> None:
-        """Check cross-field rules; raise :class:`SettingsError` naming the variable."""
-        self.bootstrap_servers  # parses the URL  # noqa: B018
-        if not self.app_id.replace("-", "").replace("_", "").replace(".", "").isalnum():
-            raise SettingsError(
-                f"EVENTIDE_APP_ID={self.app_id!r}: use letters, digits, '.', '_' and '-' only"
-            )
-        if self.notify_sink == "webhook" and not self.notify_webhook_url.value:
-            raise SettingsError(
-                "EVENTIDE_NOTIFY_SINK=webhook needs EVENTIDE_NOTIFY_WEBHOOK_URL "
-                "(e.g. https://hooks.example.com/notify)"
-            )
-
-    @property
-    def bootstrap_servers(self) -> list[str]:
-        """``host:port`` strings for Kafka clients, parsed from :attr:`broker_url`."""
-        return parse_broker_url(self.broker_url)
-
-    @property
-    def broker_port(self) -> int:
-        """Port of the first bootstrap server: the dev broker listens there."""
-        return int(self.bootstrap_servers[0].rsplit(":", 1)[1])
-
-    @property
-    def projection_names(self) -> tuple[str, ...]:
-        """:attr:`projections` as a tuple of names."""
-        return tuple(self.projections.split(","))
-
-    @property
-    def projection_group(self) -> str:
-        """Consumer group of the batch projection engine."""
-        return f"{self.app_id}-projections"
-
-    @property
-    def notify_path(self) -> Path:
-        """The file sink's file: :attr:`notify_file`, else under :attr:`state_dir`."""
-        return (
-            Path(self.notify_file) if self.notify_file else self.state_dir / "notifications.jsonl"
-        )
-
-    @property
-    def web_url(self) -> str:
-        """Base URL of this worker's HTTP server."""
-        return f"http://{self.web_host}:{self.web_port}"
-
-    def topic(self, name: str) -> str:
-        """The full name of a catalogue topic, with the configured prefix."""
-        return f"{self.topic_prefix}{name}"
 
 
 def parse_broker_url(url: str) -> list[str]:
@@ -374,18 +158,41 @@ def _http_url(var: str, value: str) -> SecretUrl:
     return SecretUrl(url)
 
 
-PROJECTIONS = ("orders", "customers", "notifications")
-"""Every projection a worker can run (EVENTIDE_PROJECTIONS)."""
+ALL_PROJECTIONS = "all"
+"""EVENTIDE_PROJECTIONS value naming every declared projection (agents/)."""
 
 
 def _projections(var: str, value: str) -> str:
+    """A comma-separated list of projection names, or ``all``.
+
+    Which names exist is declared by the projections themselves (agents/);
+    the app factory checks the list against them at start-up.
+    """
     names = [n.strip().lower() for n in value.split(",") if n.strip()]
-    unknown = [n for n in names if n not in PROJECTIONS]
-    if unknown or not names:
+    if not names or not all(n.replace("_", "").replace("-", "").isalnum() for n in names):
         raise SettingsError(
-            f"{var}={value!r}: expected a comma-separated list of {', '.join(PROJECTIONS)}"
+            f"{var}={value!r}: expected {ALL_PROJECTIONS} or a comma-separated list of "
+            "projection names such as orders,customers"
         )
-    return ",".join(n for n in PROJECTIONS if n in names)
+    return ",".join(dict.fromkeys(names))
+
+
+PARSE = "parse"
+"""Key of a setting's parser in its dataclass field's metadata."""
+
+
+def setting(
+    default: Any = MISSING, parse: Parser = _str, *, factory: Callable[[], Any] | None = None
+) -> Any:
+    """A settings field: its default and the parser of its ``EVENTIDE_*`` variable.
+
+    The parser takes (variable name, raw text) and returns the value or raises
+    :class:`SettingsError` naming the variable; keeping it on the field keeps
+    every setting's type, default, parser and documentation in one place.
+    """
+    if factory is not None:
+        return field(default_factory=factory, metadata={PARSE: parse})
+    return field(default=default, metadata={PARSE: parse})
 
 
 def _heap(var: str, value: str) -> str:
@@ -395,47 +202,233 @@ def _heap(var: str, value: str) -> str:
     return v
 
 
-_PARSERS: dict[str, Callable[[str, str], Any]] = {
-    "broker_url": _str,
-    "app_id": _str,
-    "topic_prefix": _prefix,
-    "partitions": _int(1, 1024),
-    "replication_factor": _int(1, 16),
-    "data_dir": _path,
-    "state_dir": _path,
-    "web_host": _str,
-    "web_port": _int(1, 65535),
-    "log_level": _log_level,
-    "broker_heap": _heap,
-    "broker_start_timeout": _float(1, 600),
-    "max_record_bytes": _int(64, 64 * 1_048_576),
-    "max_json_depth": _int(4, 1000),  # an order.placed nests 4 deep
-    "max_string_length": _int(1, 64 * 1_048_576),
-    "max_array_length": _int(1, 10_000_000),
-    "batch_max_records": _int(1, 1_000_000),
-    "batch_max_wait_ms": _int(0, 60_000),
-    "session_timeout_ms": _int(6_000, 300_000),
-    "projections": _projections,
-    "standby_replicas": _int(0, 3),
-    "retry_attempts": _int(0, 100),
-    "retry_backoff_ms": _int(0, 3_600_000),
-    "retry_backoff_max_ms": _int(0, 86_400_000),
-    "database_url": _database_url,
-    "api_host": _str,
-    "api_port": _int(1, 65535),
-    "api_relay": _bool,
-    "relay_batch_size": _int(1, 100_000),
-    "relay_poll_interval": _float(0.001, 60),
-    "relay_metrics_port": _int(0, 65535),
-    "outbox_retention": _float(0, 365 * 86400),
-    "metrics_interval": _float(0.1, 60),
-    "admin_endpoints": _bool,
-    "notify_sink": _choice("file", "webhook"),
-    "notify_file": _prefix,
-    "notify_webhook_url": _http_url,
-    "notify_webhook_timeout": _float(0.1, 600),
-    "notify_webhook_concurrency": _int(1, 1024),
-    "notify_retention": _float(0, 365 * 86400),
-    "notify_breaker_failures": _int(1, 10_000),
-    "notify_breaker_cooldown": _float(0, 3600),
-}
+@dataclass(frozen=True)
+class Settings:
+    """Runtime configuration of a worker, the demo and the dev broker."""
+
+    broker_url: str = setting("kafka://127.0.0.1:9092", _str)
+    """EVENTIDE_BROKER_URL: Kafka bootstrap servers, ``kafka://host:port[;host:port]``."""
+
+    app_id: str = setting("eventide", _str)
+    """EVENTIDE_APP_ID: consumer group id and prefix of changelog topics."""
+
+    topic_prefix: str = setting("", _prefix)
+    """EVENTIDE_TOPIC_PREFIX: prepended to every topic name (tests use a uuid)."""
+
+    partitions: int = setting(8, _int(1, 1024))
+    """EVENTIDE_PARTITIONS: partitions of every topic Eventide creates."""
+
+    replication_factor: int = setting(1, _int(1, 16))
+    """EVENTIDE_REPLICATION_FACTOR: replicas of every topic Eventide creates."""
+
+    data_dir: Path = setting(Path(".eventide/data"), _path)
+    """EVENTIDE_DATA_DIR: where the worker keeps its RocksDB tables."""
+
+    state_dir: Path = setting(Path(".eventide"), _path)
+    """EVENTIDE_STATE_DIR: pid files, logs and the dev broker's storage."""
+
+    web_host: str = setting("127.0.0.1", _str)
+    """EVENTIDE_WEB_HOST: address the worker's HTTP server binds and advertises."""
+
+    web_port: int = setting(6066, _int(1, 65535))
+    """EVENTIDE_WEB_PORT: port of the worker's HTTP server (queries, health)."""
+
+    log_level: str = setting("info", _log_level)
+    """EVENTIDE_LOG_LEVEL: debug, info, warning, error or critical."""
+
+    broker_heap: str = setting("1g", _heap)
+    """EVENTIDE_BROKER_HEAP: maximum Java heap of the development broker (-Xmx)."""
+
+    broker_start_timeout: float = setting(60.0, _float(1, 600))
+    """EVENTIDE_BROKER_START_TIMEOUT: seconds to wait for the dev broker to answer."""
+
+    max_record_bytes: int = setting(1_048_576, _int(64, 64 * 1_048_576))
+    """EVENTIDE_MAX_RECORD_BYTES: larger record values are rejected before decoding."""
+
+    max_json_depth: int = setting(32, _int(4, 1000))  # an order.placed nests 4 deep
+    """EVENTIDE_MAX_JSON_DEPTH: deepest JSON nesting accepted, checked before parsing."""
+
+    max_string_length: int = setting(65_536, _int(1, 64 * 1_048_576))
+    """EVENTIDE_MAX_STRING_LENGTH: longest string (characters) of an event field."""
+
+    max_array_length: int = setting(10_000, _int(1, 10_000_000))
+    """EVENTIDE_MAX_ARRAY_LENGTH: most elements in an array of an event's data."""
+
+    batch_max_records: int = setting(10_000, _int(1, 1_000_000))
+    """EVENTIDE_BATCH_MAX_RECORDS: most records a projection batch takes at once."""
+
+    batch_max_wait_ms: int = setting(100, _int(0, 60_000))
+    """EVENTIDE_BATCH_MAX_WAIT_MS: longest wait for records before a batch is cut."""
+
+    retry_attempts: int = setting(5, _int(0, 100))
+    """EVENTIDE_RETRY_ATTEMPTS: attempts in the retry topic before a failing record
+    is dead-lettered."""
+
+    retry_backoff_ms: int = setting(500, _int(0, 3_600_000))
+    """EVENTIDE_RETRY_BACKOFF_MS: delay before the first retry; doubles per attempt."""
+
+    retry_backoff_max_ms: int = setting(60_000, _int(0, 86_400_000))
+    """EVENTIDE_RETRY_BACKOFF_MAX_MS: longest delay between two attempts."""
+
+    projections: str = setting(ALL_PROJECTIONS, _projections)
+    """EVENTIDE_PROJECTIONS: the projections this worker runs, comma-separated
+    (``orders``, ``customers``, ``notifications``, ...), or ``all``: every
+    projection declared in agents/. Unknown names fail at start-up."""
+
+    standby_replicas: int = setting(0, _int(0, 3))
+    """EVENTIDE_STANDBY_REPLICAS: other workers that keep a warm copy of each table
+    partition by following its changelog, so a failover restores only the tail."""
+
+    session_timeout_ms: int = setting(10_000, _int(6_000, 300_000))
+    """EVENTIDE_SESSION_TIMEOUT_MS: how long a silent worker keeps its partitions
+    before the group gives them to the others (Kafka's session.timeout.ms)."""
+
+    database_url: SecretUrl = setting(parse=_database_url, factory=lambda: SecretUrl(""))
+    """EVENTIDE_DATABASE_URL: the command API's database (domain rows + outbox).
+    Empty: SQLite in ``<state_dir>/outbox.sqlite3``; ``sqlite:///path`` or
+    ``postgresql://user:password@host:port/db``. Its password is never printed."""
+
+    api_host: str = setting("127.0.0.1", _str)
+    """EVENTIDE_API_HOST: address the command API (``eventide api``) binds."""
+
+    api_port: int = setting(6080, _int(1, 65535))
+    """EVENTIDE_API_PORT: port of the command API."""
+
+    api_relay: bool = setting(True, _bool)
+    """EVENTIDE_API_RELAY: run the outbox relay inside the API process (else run
+    ``eventide relay`` separately)."""
+
+    relay_batch_size: int = setting(500, _int(1, 100_000))
+    """EVENTIDE_RELAY_BATCH_SIZE: outbox rows the relay publishes per batch."""
+
+    relay_poll_interval: float = setting(0.05, _float(0.001, 60))
+    """EVENTIDE_RELAY_POLL_INTERVAL: seconds between outbox polls when idle."""
+
+    relay_metrics_port: int = setting(6081, _int(0, 65535))
+    """EVENTIDE_RELAY_METRICS_PORT: port where a standalone ``eventide relay``
+    serves Prometheus metrics (0: none; a relay inside the API uses the API's
+    ``/metrics``)."""
+
+    outbox_retention: float = setting(86400.0, _float(0, 365 * 86400))
+    """EVENTIDE_OUTBOX_RETENTION: seconds published outbox rows and idempotency keys
+    are kept before the relay deletes them."""
+
+    metrics_interval: float = setting(2.0, _float(0.1, 60))
+    """EVENTIDE_METRICS_INTERVAL: seconds between refreshes of the consumer lag metric."""
+
+    admin_endpoints: bool = setting(False, _bool)
+    """EVENTIDE_ADMIN_ENDPOINTS: serve POST /admin/pause and /admin/resume on the
+    worker's web port (pause or resume the projections' consumer; tests, drills)."""
+
+    notify_sink: str = setting("file", _choice("file", "webhook"))
+    """EVENTIDE_NOTIFY_SINK: where notifications go: ``file`` (JSON lines) or ``webhook``."""
+
+    notify_file: str = setting("", _prefix)
+    """EVENTIDE_NOTIFY_FILE: the file sink's JSON-lines file; empty:
+    ``<state_dir>/notifications.jsonl`` (see :attr:`notify_path`)."""
+
+    notify_webhook_url: SecretUrl = setting(parse=_http_url, factory=lambda: SecretUrl(""))
+    """EVENTIDE_NOTIFY_WEBHOOK_URL: the webhook sink's URL (http or https); a
+    password in it is never printed."""
+
+    notify_webhook_timeout: float = setting(5.0, _float(0.1, 600))
+    """EVENTIDE_NOTIFY_WEBHOOK_TIMEOUT: seconds one webhook request may take in all."""
+
+    notify_webhook_concurrency: int = setting(16, _int(1, 1024))
+    """EVENTIDE_NOTIFY_WEBHOOK_CONCURRENCY: webhook requests in flight at once."""
+
+    notify_retention: float = setting(7 * 86400.0, _float(0, 365 * 86400))
+    """EVENTIDE_NOTIFY_RETENTION: seconds a sent notification's event id is
+    remembered; a redelivery within this window is never sent again."""
+
+    notify_breaker_failures: int = setting(5, _int(1, 10_000))
+    """EVENTIDE_NOTIFY_BREAKER_FAILURES: consecutive sink failures that open the
+    circuit breaker."""
+
+    notify_breaker_cooldown: float = setting(10.0, _float(0, 3600))
+    """EVENTIDE_NOTIFY_BREAKER_COOLDOWN: seconds an open breaker refuses every send
+    before it lets one probe through."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``EVENTIDE_*`` variables, defaults for the rest."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            var = PREFIX + f.name.upper()
+            if var in env:
+                values[f.name] = f.metadata[PARSE](var, env[var])
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def to_env(self) -> dict[str, str]:
+        """The EVENTIDE_* variables that reproduce these settings in a child process
+        (secrets in clear: a child needs the real value)."""
+        env = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            text = value.reveal() if isinstance(value, SecretUrl) else str(value)
+            env[PREFIX + f.name.upper()] = text
+        return env
+
+    def validate(self) -> None:
+        """Check cross-field rules; raise :class:`SettingsError` naming the variable."""
+        self.bootstrap_servers  # parses the URL  # noqa: B018
+        if not self.app_id.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise SettingsError(
+                f"EVENTIDE_APP_ID={self.app_id!r}: use letters, digits, '.', '_' and '-' only"
+            )
+        if self.notify_sink == "webhook" and not self.notify_webhook_url.value:
+            raise SettingsError(
+                "EVENTIDE_NOTIFY_SINK=webhook needs EVENTIDE_NOTIFY_WEBHOOK_URL "
+                "(e.g. https://hooks.example.com/notify)"
+            )
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        """``host:port`` strings for Kafka clients, parsed from :attr:`broker_url`."""
+        return parse_broker_url(self.broker_url)
+
+    @property
+    def broker_port(self) -> int:
+        """Port of the first bootstrap server: the dev broker listens there."""
+        return int(self.bootstrap_servers[0].rsplit(":", 1)[1])
+
+    @property
+    def projection_names(self) -> tuple[str, ...] | None:
+        """:attr:`projections` as a tuple of names; None for ``all``."""
+        if self.projections == ALL_PROJECTIONS:
+            return None
+        return tuple(self.projections.split(","))
+
+    @property
+    def limits(self) -> Limits:
+        """The input limits every decoded record must stay within."""
+        return Limits(
+            max_record_bytes=self.max_record_bytes,
+            max_json_depth=self.max_json_depth,
+            max_string_length=self.max_string_length,
+            max_array_length=self.max_array_length,
+        )
+
+    @property
+    def projection_group(self) -> str:
+        """Consumer group of the batch projection engine."""
+        return f"{self.app_id}-projections"
+
+    @property
+    def notify_path(self) -> Path:
+        """The file sink's file: :attr:`notify_file`, else under :attr:`state_dir`."""
+        return (
+            Path(self.notify_file) if self.notify_file else self.state_dir / "notifications.jsonl"
+        )
+
+    @property
+    def web_url(self) -> str:
+        """Base URL of this worker's HTTP server."""
+        return f"http://{self.web_host}:{self.web_port}"
+
+    def topic(self, name: str) -> str:
+        """The full name of a catalogue topic, with the configured prefix."""
+        return f"{self.topic_prefix}{name}"

@@ -29,9 +29,10 @@ from typing import Protocol, runtime_checkable
 import aiohttp
 import orjson
 
-from tables.notifications import Notification
+from schemas.exceptions import EventideError
+from tables.readmodels.notifications import Notification
 
-from .exceptions import EventideError, SettingsError
+from .exceptions import SettingsError
 from .settings import SecretUrl, Settings
 
 logger = logging.getLogger(__name__)

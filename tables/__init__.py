@@ -1,6 +1,19 @@
-"""Read-model tables (CQRS): their projections and query views."""
+"""Read-model state: pure read-model functions (``tables.readmodels``), the RocksDB
+partition store, its transactions and the changelog format."""
 
-from .orders import TABLE_NAME as ORDERS_TABLE
-from .orders import OrderView, apply_order_event, new_view
+from .changelog import CHANGELOG, OFFSETS_KEY, apply_changelog
+from .exceptions import StateError, TransactionStateError
+from .store import PartitionStore, RocksDBOptions
+from .transaction import Transaction, TransactionStatus
 
-__all__ = ["ORDERS_TABLE", "OrderView", "apply_order_event", "new_view"]
+__all__ = [
+    "CHANGELOG",
+    "OFFSETS_KEY",
+    "PartitionStore",
+    "RocksDBOptions",
+    "StateError",
+    "Transaction",
+    "TransactionStateError",
+    "TransactionStatus",
+    "apply_changelog",
+]

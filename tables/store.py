@@ -6,6 +6,10 @@ partition and the source offsets they came from are written in one RocksDB
 the batch, never in between. Keys are the entity id's UTF-8 bytes; values are
 JSON documents (orjson). Metadata lives under keys starting with ``\\x00``,
 which no entity id can start with.
+
+A batch's changes are collected in a :class:`~tables.transaction.Transaction`
+(``Transaction(store)``); the changelog record format is in
+:mod:`tables.changelog`.
 """
 
 from __future__ import annotations
@@ -19,10 +23,7 @@ from typing import Any
 import orjson
 from rocksdict import Options, Rdict, WriteBatch
 
-META_PREFIX = b"\x00"
-OFFSETS_KEY = b"\x00offsets"
-"""Meta key: JSON {source topic: last applied offset, "__changelog__": offset}."""
-CHANGELOG = "__changelog__"
+from .changelog import META_PREFIX, OFFSETS_KEY
 
 
 @dataclass(frozen=True)
@@ -88,10 +89,6 @@ class PartitionStore:
         """All recorded offsets."""
         return dict(self._offsets)
 
-    def begin(self, parent: Transaction | None = None) -> Transaction:
-        """A transaction that reads through ``parent`` (if any) to this store."""
-        return Transaction(self, parent)
-
     def write(self, values: dict[bytes, bytes | None], offsets: dict[str, int]) -> None:
         """Write encoded values (None deletes) and new offsets in one WriteBatch."""
         batch = WriteBatch(raw_mode=True)
@@ -136,72 +133,3 @@ class PartitionStore:
         """Close and delete the partition's files."""
         self.close()
         shutil.rmtree(self.path, ignore_errors=True)
-
-
-class Transaction:
-    """The changes of one batch to one partition store.
-
-    Reads see earlier writes of the same transaction. Each key written any
-    number of times is stored once and produces one changelog record.
-    """
-
-    def __init__(self, store: PartitionStore, parent: Transaction | None = None) -> None:
-        self.store = store
-        self.parent = parent
-        """An earlier transaction not yet written to the store, read before it."""
-        self.updates: dict[bytes, Any] = {}
-        self.offsets: dict[str, int] = {}
-        self._raw: dict[bytes, bytes] = {}
-        self.meta_prefixes: set[bytes] = set()
-        """Prefixes (up to the first ``:``) of the metadata keys this transaction wrote."""
-
-    def get(self, key: bytes) -> Any | None:
-        """The value as of this transaction."""
-        if key in self.updates:
-            return self.updates[key]
-        parent = self.parent
-        if parent is not None and key in parent.updates:
-            return parent.updates[key]
-        return self.store.get(key)
-
-    def may_have(self, prefix: bytes) -> bool:
-        """False only if no key starting with ``prefix`` can exist as of this
-        transaction: :meth:`get` of any such key would miss. ``prefix`` is a
-        metadata prefix ending with ``:``, such as ``b"\\x00retry:"``."""
-        tx: Transaction | None = self
-        while tx is not None:
-            if prefix in tx.meta_prefixes:
-                return True
-            tx = tx.parent
-        return self.store.has_prefix(prefix)
-
-    def set(self, key: bytes, value: Any, encoded: bytes | None = None) -> None:
-        """Write a JSON-serialisable value (None deletes the key).
-
-        ``encoded``, when given, must be ``orjson.dumps(value)``; it saves
-        encoding the value a second time.
-        """
-        self.updates[key] = value
-        if key[:1] == META_PREFIX:
-            self.meta_prefixes.add(key[: key.find(b":") + 1] or key)
-        if encoded is None:
-            self._raw.pop(key, None)
-        else:
-            self._raw[key] = encoded
-
-    def applied(self, source: str, offset: int) -> None:
-        """Record that ``source`` has been applied up to ``offset``."""
-        self.offsets[source] = offset
-
-    def encoded(self) -> dict[bytes, bytes | None]:
-        """The updates as stored bytes (None for deletes)."""
-        raw = self._raw
-        return {
-            k: (None if v is None else raw.get(k) or orjson.dumps(v))
-            for k, v in self.updates.items()
-        }
-
-    def commit(self, encoded: dict[bytes, bytes | None] | None = None) -> None:
-        """Write the updates and offsets to the store in one WriteBatch."""
-        self.store.write(self.encoded() if encoded is None else encoded, self.offsets)
-        self.parent = None

@@ -14,12 +14,12 @@ import logging
 import faust
 from faust.worker import Worker
 
+from eventide.app import faust_options
 from schemas.codecs import EventCodec
 from schemas.exceptions import EventError
-from streams.app import faust_options
 from streams.settings import Settings
 from streams.topics import ORDER_EVENTS
-from tables.orders import apply_order_event
+from tables.readmodels.orders import apply_order_event
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def create_naive_app(settings: Settings) -> faust.App:
         settings.topic(ORDER_EVENTS.name), key_serializer="raw", value_serializer="raw"
     )
     orders = app.Table("orders", default=None, partitions=settings.partitions)
-    codec = EventCodec.from_settings(settings)
+    codec = EventCodec(limits=settings.limits)
 
     @app.agent(topic)
     async def project(stream: faust.StreamT) -> None:

@@ -19,12 +19,12 @@ from schemas.codecs import EventCodec
 from schemas.exceptions import EventError
 from streams.settings import Settings
 from streams.topics import ORDER_EVENTS
-from tables.orders import apply_order_event
+from tables.readmodels.orders import apply_order_event
 
 
 async def run(settings: Settings, stop: asyncio.Event) -> int:
     """Consume order-events until ``stop`` is set; returns the read models kept."""
-    codec = EventCodec.from_settings(settings)
+    codec = EventCodec(limits=settings.limits)
     orders: dict[str, Any] = {}
     consumer = AIOKafkaConsumer(
         settings.topic(ORDER_EVENTS.name),

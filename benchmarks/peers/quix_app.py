@@ -20,7 +20,7 @@ from schemas.codecs import EventCodec
 from schemas.exceptions import EventError
 from streams.settings import Settings
 from streams.topics import ORDER_EVENTS
-from tables.orders import apply_order_event
+from tables.readmodels.orders import apply_order_event
 
 
 def create_quix_app(settings: Settings) -> Application:
@@ -33,7 +33,7 @@ def create_quix_app(settings: Settings) -> Application:
         state_dir=str(settings.data_dir / "quix"),
         loglevel=logging.WARNING,
     )
-    codec = EventCodec.from_settings(settings)
+    codec = EventCodec(limits=settings.limits)
     topic = app.topic(
         settings.topic(ORDER_EVENTS.name), key_deserializer="str", value_deserializer="bytes"
     )

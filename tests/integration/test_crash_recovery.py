@@ -10,7 +10,7 @@ import pytest
 
 from benchmarks.crash import audit, publish_slowly, wait_drained
 from benchmarks.workload import expected_state, make_workload
-from streams.demo import fetch_json
+from eventide.tools.demo import fetch_json
 from streams.settings import Settings
 from streams.topics import ensure_topics
 from tests.fixtures.broker import free_port

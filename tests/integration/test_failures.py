@@ -13,9 +13,9 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from eventide.tools.demo import fetch_json
+from eventide.tools.dlq import DeadLetter, read_dead_letters
 from schemas import encode_envelope, new_event
-from streams.demo import fetch_json
-from streams.dlq import DeadLetter, read_dead_letters
 from streams.outputs import KeyPartitioner
 from streams.settings import Settings
 from streams.topics import ORDER_EVENTS, ensure_topics
@@ -148,7 +148,7 @@ def test_permanent_failure_is_dead_lettered_with_its_story_and_replays_once(
     env = {**os.environ, **settings_env(settings)}
     for _ in range(2):
         out = subprocess.run(
-            [sys.executable, "-m", "streams.cli", "dlq", "replay", "--all"],
+            [sys.executable, "-m", "eventide.cli", "dlq", "replay", "--all"],
             env=env,
             capture_output=True,
             text=True,

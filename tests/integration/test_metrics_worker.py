@@ -13,9 +13,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.workload import Workload, make_workload, publish
-from streams.demo import plan_orders, publish_plan
+from eventide.tools.demo import plan_orders, publish_plan
+from eventide.tools.targets import TARGETS
 from streams.settings import Settings
-from streams.targets import TARGETS
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +47,7 @@ def wait_for(check: Callable[[dict[str, float]], bool], settings: Settings, time
 
 def check_targets(settings: Settings) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "streams.cli", "check-targets", "--url", settings.web_url,
+        [sys.executable, "-m", "eventide.cli", "check-targets", "--url", settings.web_url,
          "--window", "1"],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip

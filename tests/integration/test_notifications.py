@@ -24,7 +24,7 @@ from streams.outputs import KeyPartitioner
 from streams.produce import key_of
 from streams.settings import Settings
 from streams.topics import ORDER_EVENTS, USER_EVENTS, ensure_topics
-from tables.notifications import KINDS
+from tables.readmodels.notifications import KINDS
 
 pytestmark = pytest.mark.integration
 

@@ -12,11 +12,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from eventide.tools.demo import DemoPlan, fetch_json, plan_orders, publish_plan
 from schemas import encode_envelope, new_event
-from streams.demo import DemoPlan, fetch_json, plan_orders, publish_plan
 from streams.settings import Settings
 from streams.topics import ORDER_EVENTS
-from tables.orders import apply_order_event
+from tables.readmodels.orders import apply_order_event
 
 pytestmark = pytest.mark.integration
 

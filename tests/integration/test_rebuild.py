@@ -21,15 +21,15 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from agents import OrdersProjection
 from benchmarks.crash import audit, publish_slowly, wait_drained
 from benchmarks.workload import Workload, expected_state, make_workload, publish
+from eventide.tools.demo import fetch_json
+from eventide.tools.rebuild_client import request_json
 from schemas.codecs import EventCodec
-from streams.demo import fetch_json
 from streams.engine import ProjectionEngine
 from streams.outputs import KeyPartitioner
 from streams.rebuild import RebuildManager
-from streams.rebuild_client import request_json
 from streams.settings import Settings
 from streams.topics import ORDER_EVENTS, USER_EVENTS, ensure_topics
-from tables.customers import customer_view
+from tables.readmodels.customers import customer_view
 from tables.store import PartitionStore
 from tests.fixtures.broker import free_port
 from tests.fixtures.worker import settings_env
@@ -42,7 +42,7 @@ def rebuild_cli(
 ) -> subprocess.CompletedProcess:
     """``eventide rebuild ARGS`` as a subprocess, with the settings' environment."""
     return subprocess.run(
-        [sys.executable, "-m", "streams.cli", "rebuild", *args],
+        [sys.executable, "-m", "eventide.cli", "rebuild", *args],
         env={**os.environ, **settings_env(settings)},
         capture_output=True,
         text=True,

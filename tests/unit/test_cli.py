@@ -3,7 +3,7 @@ import asyncio
 import pytest
 from click.testing import CliRunner
 
-from streams.cli import main
+from eventide.cli import main
 from streams.exceptions import BrokerError
 from streams.settings import Settings
 from streams.topics import ensure_topics

@@ -9,10 +9,11 @@ import pytest
 
 from agents.customers import CustomersProjection
 from schemas.codecs import EventCodec
-from streams.engine import BatchContext
+from streams.projection import BatchContext
 from streams.settings import Settings
-from tables.customers import customer_view, order_key
+from tables.readmodels.customers import customer_view, order_key
 from tables.store import PartitionStore
+from tables.transaction import Transaction
 
 
 def fact(order, version, placed=None, paid=None, customer="c-1"):
@@ -39,13 +40,13 @@ def store(tmp_path):
 
 def apply_all(projection, store, facts, commit_every=3):
     """Feed facts as records, committing a batch every few records."""
-    tx = store.begin()
+    tx = Transaction(store)
     for n, f in enumerate(facts, 1):
         record = SimpleNamespace(topic=projection.facts_topic, value=orjson.dumps(f), key=None)
         projection.apply(BatchContext(tx), record)
         if n % commit_every == 0:
             tx.commit()
-            tx = store.begin()
+            tx = Transaction(store)
     tx.commit()
 
 

@@ -1,7 +1,7 @@
 from collections import Counter
 
-from streams.demo import plan_orders
-from tables.orders import apply_order_event
+from eventide.tools.demo import plan_orders
+from tables.readmodels.orders import apply_order_event
 
 
 def test_every_order_starts_with_placed_and_ends_in_its_expected_status():

@@ -1,6 +1,6 @@
 import os
 
-from streams import devbroker
+from eventide.tools import devbroker
 from streams.settings import Settings
 
 

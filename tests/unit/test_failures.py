@@ -5,9 +5,10 @@ from types import SimpleNamespace
 import pytest
 
 from schemas.exceptions import DecodeError
-from streams.engine import BatchContext
 from streams.failures import STATE_PREFIX, FailureRouter, Outcome, RetryPolicy
+from streams.projection import BatchContext
 from tables.store import PartitionStore
+from tables.transaction import Transaction
 
 
 class Projection:
@@ -47,7 +48,7 @@ def as_retry_record(sent, offset):
 def setup(tmp_path):
     clock = [1_000_000]
     router = FailureRouter(RetryPolicy(attempts=2, backoff_ms=100, jitter=0.0), lambda: clock[0])
-    ctx = BatchContext(PartitionStore(tmp_path / "p0").begin())
+    ctx = BatchContext(Transaction(PartitionStore(tmp_path / "p0")))
     return router, ctx, Projection(), clock
 
 

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams import targets
-from streams.cli import main
+from eventide.cli import main
+from eventide.tools import targets
 from streams.metrics import LATENCY_SAMPLES, EngineMetrics
 from tables.store import PartitionStore
 

@@ -9,11 +9,18 @@ import pytest
 from agents.notifications import NotificationsProjection
 from schemas import ValidationError, encode_envelope, new_event
 from schemas.codecs import EventCodec
-from streams.engine import BatchContext
+from streams.projection import BatchContext
 from streams.settings import Settings
 from streams.sinks import CircuitBreaker, CircuitOpenError, SinkError
-from tables.notifications import LOG_KEY, Notification, dedupe_key, expire, notification_for
+from tables.readmodels.notifications import (
+    LOG_KEY,
+    Notification,
+    dedupe_key,
+    expire,
+    notification_for,
+)
 from tables.store import PartitionStore
+from tables.transaction import Transaction
 
 DAY_MS = 86_400_000
 
@@ -104,7 +111,7 @@ def make(sink=None, clock=None, **env):
 
 async def run_batch(projection, store, records, parent=None):
     """Apply records, run after_batch and commit, as the engine does."""
-    ctx = BatchContext(store.begin(parent))
+    ctx = BatchContext(Transaction(store, parent))
     for r in records:
         projection.apply(ctx, r)
     failed = await projection.after_batch(ctx)
@@ -166,10 +173,10 @@ async def test_duplicates_in_one_batch_and_redeliveries_later_are_not_sent_again
 async def test_the_next_batch_sees_the_pending_batch_sent_ids(store):
     projection, sink = make()
     u = user_created()
-    first = BatchContext(store.begin())
+    first = BatchContext(Transaction(store))
     projection.apply(first, record(u))
     await projection.after_batch(first)  # in flight: not yet written to RocksDB
-    second = BatchContext(store.begin(first.tx))
+    second = BatchContext(Transaction(store, first.tx))
     projection.apply(second, record(u))
     assert await projection.after_batch(second) == []
     assert sink.delivered == [u.id]
@@ -273,6 +280,6 @@ async def test_sent_ids_expire_after_the_retention_window_bounded_per_batch(stor
 
 
 def test_expire_without_a_log_does_nothing(store):
-    tx = store.begin()
+    tx = Transaction(store)
     assert expire(tx, now_ms=10 * DAY_MS, retention_ms=DAY_MS, limit=10) == 0
     assert tx.updates == {}

@@ -6,10 +6,11 @@ import pytest
 from agents.orders import OrdersProjection
 from schemas import ValidationError, encode_envelope, new_event
 from schemas.codecs import EventCodec
-from streams.engine import BatchContext
+from streams.projection import BatchContext
 from streams.settings import Settings
-from tables.orders import apply_order_event
+from tables.readmodels.orders import apply_order_event
 from tables.store import PartitionStore
+from tables.transaction import Transaction
 
 
 def placed(order_id="o-1", **extra):
@@ -107,7 +108,7 @@ def record(key, event, topic="order-events"):
 
 def test_projection_writes_the_view_and_emits_view_and_customer_fact(tmp_path):
     projection = OrdersProjection(Settings.from_env({}), EventCodec())
-    ctx = BatchContext(PartitionStore(tmp_path / "orders-0").begin())
+    ctx = BatchContext(Transaction(PartitionStore(tmp_path / "orders-0")))
     event = placed()
     projection.apply(ctx, record(b"o-1", event))
     assert ctx.tx.get(b"o-1")["status"] == "pending"
@@ -126,7 +127,7 @@ def test_projection_writes_the_view_and_emits_view_and_customer_fact(tmp_path):
 
 def test_shipping_changes_nothing_for_the_customer(tmp_path):
     projection = OrdersProjection(Settings.from_env({}), EventCodec())
-    ctx = BatchContext(PartitionStore(tmp_path / "orders-0").begin())
+    ctx = BatchContext(Transaction(PartitionStore(tmp_path / "orders-0")))
     projection.apply(ctx, record(b"o-1", placed()))
     ctx.outputs.clear()
     projection.apply(ctx, record(b"o-1", follow("order.shipped", trackingNumber="T")))
@@ -135,7 +136,7 @@ def test_shipping_changes_nothing_for_the_customer(tmp_path):
 
 def test_projection_refuses_an_event_under_another_key(tmp_path):
     projection = OrdersProjection(Settings.from_env({}), EventCodec())
-    ctx = BatchContext(PartitionStore(tmp_path / "orders-0").begin())
+    ctx = BatchContext(Transaction(PartitionStore(tmp_path / "orders-0")))
     with pytest.raises(ValidationError, match='key: expected the order id "o-1"'):
         projection.apply(ctx, record(b"o-2", placed()))
     assert ctx.tx.updates == {}

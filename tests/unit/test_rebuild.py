@@ -13,9 +13,11 @@ from aiokafka import TopicPartition
 from click.testing import CliRunner
 
 from agents import CustomersProjection, NotificationsProjection, OrdersProjection
+from eventide.cli import main
+from eventide.tools.rebuild_client import run_rebuild
 from schemas.codecs import EventCodec
-from streams.cli import main
 from streams.engine import ProjectionEngine
+from streams.views import http_status
 from streams.exceptions import (
     NotRebuildableError,
     RebuildRunningError,
@@ -23,7 +25,6 @@ from streams.exceptions import (
     UnknownReadModelError,
 )
 from streams.rebuild import FAILED, PartitionProgress, Rebuild, RebuildManager
-from streams.rebuild_client import run_rebuild
 from streams.settings import Settings
 from streams.sinks import build_sink
 from tests.fixtures.broker import free_port
@@ -56,10 +57,10 @@ def test_unknown_and_side_effect_read_models_are_refused_with_the_reason(tmp_pat
     assert str(unknown.value) == (
         "no read model named 'order'; the read models are: customers, notifications, orders"
     )
-    assert unknown.value.status == 404
+    assert http_status(unknown.value) == 404
     with pytest.raises(NotRebuildableError, match="'notifications' cannot be rebuilt") as refused:
         rebuilds.status("notifications")
-    assert refused.value.status == 400
+    assert http_status(refused.value) == 400
     assert rebuilds.status("orders")["state"] == "idle"
 
 

@@ -44,8 +44,8 @@ def test_environment_overrides_defaults():
         ("EVENTIDE_APP_ID", "my app", "EVENTIDE_APP_ID='my app'"),
         ("EVENTIDE_BROKER_HEAP", "lots", "EVENTIDE_BROKER_HEAP='lots'"),
         ("EVENTIDE_DATA_DIR", " ", "EVENTIDE_DATA_DIR is set but empty"),
-        ("EVENTIDE_PROJECTIONS", "orders,invoices", "EVENTIDE_PROJECTIONS='orders,invoices'"),
-        ("EVENTIDE_PROJECTIONS", " , ", "expected a comma-separated list of orders, customers"),
+        ("EVENTIDE_PROJECTIONS", " , ", "EVENTIDE_PROJECTIONS=' , ': expected all or a comma"),
+        ("EVENTIDE_PROJECTIONS", "orders;customers", "EVENTIDE_PROJECTIONS='orders;customers'"),
     ],
 )
 def test_bad_values_fail_naming_the_variable(var, value, message):
@@ -72,17 +72,8 @@ def test_to_env_reproduces_the_settings_with_secrets_in_clear():
     assert Settings.from_env(env) == s
 
 
-def test_projections_default_to_all_and_parse_in_canonical_order():
-    assert Settings.from_env({}).projection_names == ("orders", "customers", "notifications")
+def test_projections_default_to_all_and_parse_names():
+    assert Settings.from_env({}).projection_names is None  # every declared projection
     s = Settings.from_env({"EVENTIDE_PROJECTIONS": " Customers, orders "})
-    assert s.projection_names == ("orders", "customers")
-    assert Settings.from_env(s.to_env()).projection_names == ("orders", "customers")
-
-
-def test_a_worker_runs_only_the_projections_it_is_given(tmp_path):
-    from streams.app import create_app
-
-    env = {"EVENTIDE_PROJECTIONS": "orders", "EVENTIDE_STATE_DIR": str(tmp_path)}
-    eventide = create_app(Settings.from_env(env))
-    assert [p.table for p in eventide.engine.projections] == ["orders"]
-    assert eventide.engine.lookup("customers", "c-1") == ("absent", None)
+    assert s.projection_names == ("customers", "orders")
+    assert Settings.from_env(s.to_env()).projection_names == ("customers", "orders")

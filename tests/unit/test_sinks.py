@@ -13,7 +13,7 @@ from aiohttp import web
 
 from streams.settings import SecretUrl, Settings
 from streams.sinks import CircuitBreaker, FileSink, SinkError, WebhookSink, build_sink
-from tables.notifications import Notification
+from tables.readmodels.notifications import Notification
 
 
 def note(event_id: str = "e-1", entity: str = "o-1") -> Notification:

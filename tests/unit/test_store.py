@@ -1,4 +1,5 @@
 from tables.store import PartitionStore
+from tables.transaction import Transaction
 
 RETRY = b"\x00retry:"
 
@@ -6,12 +7,12 @@ RETRY = b"\x00retry:"
 def test_prefix_presence_follows_writes_and_survives_reopening(tmp_path):
     store = PartitionStore(tmp_path / "p0")
     assert not store.has_prefix(RETRY)
-    tx = store.begin()
+    tx = Transaction(store)
     tx.set(b"o-1", {"status": "pending"})
     assert not tx.may_have(RETRY)  # only entity keys written: lookups may be skipped
     tx.set(RETRY + b"o-1", {"next": 1, "head": 0, "count": 1})
     assert tx.may_have(RETRY)
-    child = store.begin(parent=tx)  # the next batch, before its parent is written
+    child = Transaction(store, tx)  # the next batch, before its parent is written
     assert child.may_have(RETRY)
     assert child.get(RETRY + b"o-1") == {"next": 1, "head": 0, "count": 1}
     tx.commit()

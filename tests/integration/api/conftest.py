@@ -69,7 +69,7 @@ class Process(ChildProcess):
     def start(self) -> Process:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", self.command],
+                [sys.executable, "-m", "eventide.cli", self.command],
                 env=child_env(self.settings),
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -14,8 +14,8 @@ import pytest
 from api.aggregate import CommandMeta, Decision, place_order
 from api.relay import OutboxRelay
 from api.store import store_for
+from eventide.tools import devbroker
 from schemas.envelope import new_event
-from streams import devbroker
 from streams.topics import ensure_topics
 from tests.fixtures.broker import free_port
 

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from streams.demo import fetch_json
+from eventide.tools.demo import fetch_json
 
 from .conftest import child_env
 
@@ -69,7 +69,7 @@ def test_commands_over_http_reach_the_read_model(api_settings, processes, worker
     assert poll_orders(worker.settings.web_url, expected) == {}
 
     history = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "history", "e2e-2"],
+        [sys.executable, "-m", "eventide.cli", "history", "e2e-2"],
         env=child_env(settings),
         capture_output=True,
         text=True,

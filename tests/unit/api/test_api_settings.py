@@ -2,7 +2,7 @@ import pytest
 from click.testing import CliRunner
 
 from api.store import PostgresStore, SqliteStore, store_for
-from streams.cli import main
+from eventide.cli import main
 from streams.exceptions import SettingsError
 from streams.settings import Settings
 

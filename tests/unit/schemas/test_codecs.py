@@ -20,8 +20,8 @@ from schemas import (
     decode_event,
     new_event,
 )
+from schemas.exceptions import EventideError
 from schemas.faust_codecs import register_codecs
-from streams.exceptions import EventideError
 
 DESIGN_EXAMPLE = {
     "id": "3f0c6a52-0000-4000-8000-000000000001",

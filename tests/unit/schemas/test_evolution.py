@@ -2,9 +2,9 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
+from eventide.cli import main
 from schemas import EventCodec, UnsupportedVersionError, ValidationError, new_event
 from schemas.compat import can_read, check_registry
-from streams.cli import main
 
 from .registries import make_registry, order_placed, write_registry
 

@@ -131,8 +131,8 @@ def test_limits_are_settings():
             "EVENTIDE_MAX_ARRAY_LENGTH": "5",
         }
     )
-    assert Limits.from_settings(settings) == Limits(2048, 8, 100, 5)
-    assert Limits.from_settings(Settings.from_env({})) == Limits(1_048_576, 32, 65_536, 10_000)
+    assert settings.limits == Limits(2048, 8, 100, 5)
+    assert Settings.from_env({}).limits == Limits(1_048_576, 32, 65_536, 10_000)
     with pytest.raises(SettingsError, match=r"EVENTIDE_MAX_JSON_DEPTH=2: expected 4..1000"):
         Settings.from_env({"EVENTIDE_MAX_JSON_DEPTH": "2"})
     with pytest.raises(

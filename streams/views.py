@@ -20,13 +20,35 @@ from typing import TYPE_CHECKING, Any
 import faust
 from faust.web import Request, Response, View
 
-from streams.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .exceptions import (
+    NotRebuildableError,
+    RebuildError,
+    RebuildRunningError,
+    RebuildUnavailableError,
+    UnknownReadModelError,
+)
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 if TYPE_CHECKING:
-    from streams.engine import ProjectionEngine
-    from streams.rebuild import RebuildManager
+    from .engine import ProjectionEngine
+    from .rebuild import RebuildManager
 
 FORWARDED = "X-Eventide-Forwarded"
+
+_STATUS: tuple[tuple[type[Exception], int], ...] = (
+    (UnknownReadModelError, 404),
+    (NotRebuildableError, 400),
+    (RebuildRunningError, 409),
+    (RebuildUnavailableError, 503),
+)
+
+
+def http_status(exc: Exception) -> int:
+    """The HTTP status the worker answers an error with (errors carry none)."""
+    for cls, status in _STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 500
 
 
 def register_views(
@@ -105,24 +127,22 @@ def register_views(
 
 
 def _register_rebuild(app: faust.App, rebuilds: RebuildManager) -> None:
-    from streams.exceptions import RebuildError, RebuildRunningError
-
     @app.page("/admin/rebuild/{table}")
     class Rebuild(View):
         async def post(self, request: Request, table: str) -> Response:
             try:
                 rebuilds.start(table)
             except RebuildRunningError as exc:
-                return self.json({**rebuilds.status(table), "error": str(exc)}, status=exc.status)
+                return self.json({**rebuilds.status(table), "error": str(exc)}, status=http_status(exc))
             except RebuildError as exc:
-                return self.json({"error": str(exc), "table": table}, status=exc.status)
+                return self.json({"error": str(exc), "table": table}, status=http_status(exc))
             return self.json(rebuilds.status(table), status=202)
 
         async def get(self, request: Request, table: str) -> Response:
             try:
                 return self.json(rebuilds.status(table))
             except RebuildError as exc:
-                return self.json({"error": str(exc), "table": table}, status=exc.status)
+                return self.json({"error": str(exc), "table": table}, status=http_status(exc))
 
 
 async def _proxy(app: faust.App, view: View, request: Request, owner: Any) -> Response:

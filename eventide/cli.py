@@ -2,15 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from collections.abc import Callable
+from dataclasses import fields
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import click
+import uvloop
 
-from .exceptions import EventideError
-from .settings import Settings
+from api.app import run_api
+from api.relay import run_relay
+from schemas.compat import check_registry
+from schemas.envelope import encode_envelope
+from schemas.exceptions import EventideError
+from schemas.registry import DEFAULT_ROOT, REGISTRY_FILE, Registry
+from streams.settings import Settings
+from streams.topics import ensure_topics
+
+from .tools import devbroker
+from .tools.demo import run_demo
+from .tools.dlq import read_dead_letters, replay
+from .tools.history import entity_history
+from .tools.rebuild_client import run_rebuild
+from .tools.targets import check, format_table
+from .worker import run_worker
 
 
 def _settings() -> Settings:
@@ -52,7 +71,6 @@ def main() -> None:
 @_fail_cleanly
 def settings() -> None:
     """Print the settings in effect (defaults overridden by EVENTIDE_*)."""
-    from dataclasses import fields
 
     s = _settings()
     for f in fields(s):
@@ -63,7 +81,6 @@ def settings() -> None:
 @_fail_cleanly
 def worker() -> None:
     """Run a stream-processing worker (agents, tables, HTTP queries)."""
-    from .worker import run_worker
 
     run_worker(_settings())
 
@@ -76,7 +93,6 @@ def worker() -> None:
 @_fail_cleanly
 def demo(orders: int, show: int, seed: int, timeout: float) -> None:
     """Publish a realistic burst of orders and print read models fetched over HTTP."""
-    from .demo import run_demo
 
     s = _settings()
     _logging(s)
@@ -96,7 +112,6 @@ def broker() -> None:
 @_fail_cleanly
 def broker_install() -> None:
     """Resolve the Kafka jars with Maven (done by `start` when needed)."""
-    from . import devbroker
 
     click.echo(f"jars in {devbroker.install(click.echo)}")
 
@@ -105,7 +120,6 @@ def broker_install() -> None:
 @_fail_cleanly
 def broker_start() -> None:
     """Start the broker in the background; return once it answers."""
-    from . import devbroker
 
     devbroker.start(_settings(), click.echo)
 
@@ -114,7 +128,6 @@ def broker_start() -> None:
 @_fail_cleanly
 def broker_stop() -> None:
     """Stop the broker started by `eventide broker start`."""
-    from . import devbroker
 
     devbroker.stop(_settings(), click.echo)
 
@@ -123,7 +136,6 @@ def broker_stop() -> None:
 @_fail_cleanly
 def broker_status() -> None:
     """Say whether the dev broker runs and answers; exit 1 when it does not."""
-    from . import devbroker
 
     s = _settings()
     pid, answering = devbroker.status(s)
@@ -139,9 +151,6 @@ def broker_status() -> None:
 @_fail_cleanly
 def topics() -> None:
     """Create the catalogue's topics (workers and the demo do this too)."""
-    import asyncio
-
-    from .topics import ensure_topics
 
     s = _settings()
     created = asyncio.run(ensure_topics(s))
@@ -155,7 +164,6 @@ def api_command() -> None:
 
     With EVENTIDE_API_RELAY=true (the default) the outbox relay runs inside it.
     """
-    from api.app import run_api
 
     s = _settings()
     _logging(s)
@@ -166,11 +174,6 @@ def api_command() -> None:
 @_fail_cleanly
 def relay_command() -> None:
     """Publish the command API's outbox to Kafka (several may run at once)."""
-    import asyncio
-
-    import uvloop
-
-    from api.relay import run_relay
 
     s = _settings()
     _logging(s)
@@ -186,10 +189,6 @@ def relay_command() -> None:
 @_fail_cleanly
 def history_command(entity_id: str, as_json: bool) -> None:
     """Print an entity's events in order, read from its topic (key = ENTITY_ID)."""
-    import asyncio
-
-    from api.history import entity_history
-    from schemas.envelope import encode_envelope
 
     s = _settings()
     entries = asyncio.run(entity_history(s, entity_id))
@@ -223,7 +222,6 @@ def check_targets(url: str | None, window: float) -> None:
     Prints a table (docs/targets.md explains each target) and exits 1 on a
     miss, 2 when the worker cannot be scraped.
     """
-    from .targets import check, format_table
 
     base = url or _settings().web_url
     try:
@@ -259,7 +257,6 @@ def rebuild(read_model: str, workers: tuple[str, ...], interval: float) -> None:
     worker has switched; exits 1 when a rebuild is aborted (a rebalance) or
     fails, 2 when a worker cannot be reached or refuses the read model.
     """
-    from .rebuild_client import run_rebuild
 
     code = run_rebuild(
         read_model,
@@ -296,10 +293,6 @@ def schemas_check(root: str | None) -> None:
     upcasters for every major version (a problem exits 2). Evolution: each minor
     version reads the previous one's data and is readable by its consumers.
     """
-    from pathlib import Path
-
-    from schemas.compat import check_registry
-    from schemas.registry import DEFAULT_ROOT, REGISTRY_FILE, Registry
 
     registry = Registry.load(Path(root) if root else DEFAULT_ROOT)
     pairs, problems = check_registry(registry)
@@ -319,9 +312,6 @@ def schemas_check(root: str | None) -> None:
 @_fail_cleanly
 def schemas_list(root: str | None) -> None:
     """Print every registered schema: id, event, version, file."""
-    from pathlib import Path
-
-    from schemas.registry import DEFAULT_ROOT, Registry
 
     for entry in Registry.load(Path(root) if root else DEFAULT_ROOT):
         click.echo(f"{entry.id:>5}  {entry.name:<26} {entry.version:<6} {entry.file}")
@@ -342,10 +332,6 @@ def _dlq_filters(fun: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _read_letters(topics: tuple[str, ...], error_class: str | None, since: str | None) -> list:
-    import asyncio
-    from datetime import UTC, datetime
-
-    from .dlq import read_dead_letters
 
     when = None
     if since:
@@ -408,9 +394,6 @@ def dlq_replay(
     replay_all: bool,
 ) -> None:
     """Send chosen records (REFS, or --all matching the filters) back to their origin topic."""
-    import asyncio
-
-    from .dlq import replay
 
     if not refs and not replay_all:
         raise click.UsageError("name records to replay (TOPIC:PARTITION:OFFSET) or pass --all")

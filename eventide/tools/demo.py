@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from schemas.envelope import Envelope, new_event
-
-from .produce import EventPublisher
-from .settings import Settings
-from .topics import ORDER_EVENTS, ensure_topics
+from streams.produce import EventPublisher
+from streams.settings import Settings
+from streams.topics import ORDER_EVENTS, ensure_topics
 
 SKUS = [("sku-book", 12.5), ("sku-mug", 8.0), ("sku-lamp", 39.9), ("sku-tea", 4.25)]
 CARRIERS = ["DHL", "UPS", "PostNL", "GLS"]

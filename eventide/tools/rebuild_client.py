@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .exceptions import RebuildError
+from streams.exceptions import RebuildError
 
 
 def request_json(method: str, url: str, timeout: float = 10.0) -> tuple[int, Any]:

@@ -1,18 +1,26 @@
 """The app factory: ``create_app(settings) -> faust.App``.
 
-Agents, tables and views are registered explicitly here; nothing is found by
+The projections come from the catalogue ``agents.PROJECTIONS`` (their
+declarations), filtered by EVENTIDE_PROJECTIONS; the engine, the rebuild
+manager and the views are registered explicitly here. Nothing is found by
 import-time side effects or autodiscovery.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
 import faust
 
-from .settings import Settings
+from agents import PROJECTIONS
+from schemas.codecs import EventCodec
+from streams.engine import ProjectionEngine
+from streams.exceptions import SettingsError
+from streams.projection import Projection
+from streams.rebuild import RebuildManager
+from streams.settings import Settings
+from streams.views import register_views
 
 
 @dataclass(frozen=True)
@@ -23,9 +31,9 @@ class EventideApp:
     """The Faust application (worker, web server, tables)."""
     settings: Settings
     """The settings it was built from."""
-    engine: Any
+    engine: ProjectionEngine
     """The batch projection engine (owns the read-model stores)."""
-    rebuilds: Any
+    rebuilds: RebuildManager
     """Rebuilds of read models on this worker (streams/rebuild.py)."""
 
 
@@ -54,32 +62,31 @@ def faust_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def create_app(settings: Settings) -> EventideApp:
-    """Build the Faust app with every agent, table and view registered."""
-    from agents import CustomersProjection, NotificationsProjection, OrdersProjection
-    from schemas.codecs import EventCodec
-    from tables.views import register_views
+def select_projections(settings: Settings) -> list[type[Projection]]:
+    """The declared projections EVENTIDE_PROJECTIONS names (all by default).
 
-    from .engine import Projection, ProjectionEngine
-    from .sinks import build_sink
-
-    codec = EventCodec.from_settings(settings)  # loads and checks the schema registry
-    app = faust.App(settings.app_id, **faust_options(settings))
+    Raises :class:`SettingsError` naming the variable and the declared names
+    when it names one that no module of ``agents/`` declares.
+    """
+    declared = {cls.spec.name: cls for cls in PROJECTIONS}
     names = settings.projection_names
-    projections: list[Projection] = []
-    if "orders" in names:
-        projections.append(OrdersProjection(settings, codec))
-    if "customers" in names:
-        projections.append(CustomersProjection(settings, codec))
-    if "notifications" in names:
-        notifications = NotificationsProjection(settings, codec, build_sink(settings))
-        projections.append(notifications)
+    if names is None:
+        return list(PROJECTIONS)
+    unknown = [n for n in names if n not in declared]
+    if unknown:
+        raise SettingsError(
+            f"EVENTIDE_PROJECTIONS={settings.projections!r}: no projection named "
+            f"{', '.join(unknown)}; the projections are {', '.join(declared)} (or all)"
+        )
+    return [cls for cls in PROJECTIONS if cls.spec.name in names]
 
-        @app.on_before_shutdown.connect
-        def close_notification_sink(sender: Any, /, *args: Any, **kw: Any) -> Awaitable[None]:
-            return notifications.close()  # reopened if a last batch still sends
 
-    engine = ProjectionEngine(settings, projections, loop=app.loop)
+def create_app(settings: Settings) -> EventideApp:
+    """Build the Faust app with the selected projections, the engine and the views."""
+    selected = select_projections(settings)
+    codec = EventCodec(limits=settings.limits)  # loads and checks the schema registry
+    app = faust.App(settings.app_id, **faust_options(settings))
+    engine = ProjectionEngine(settings, [cls(settings, codec) for cls in selected], loop=app.loop)
 
     @app.task
     async def start_projections() -> None:
@@ -90,8 +97,6 @@ def create_app(settings: Settings) -> EventideApp:
     async def refresh_consumer_lag() -> None:
         # Log end offsets from the broker, so lag grows even when nothing is fetched.
         await engine.metrics.refresh_lag(engine.consumer)
-
-    from .rebuild import RebuildManager
 
     rebuilds = RebuildManager(engine)
     register_views(app, engine, rebuilds)

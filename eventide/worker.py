@@ -9,9 +9,10 @@ from collections.abc import Callable
 
 from faust.worker import Worker
 
+from streams.settings import Settings
+from streams.topics import ensure_topics
+
 from .app import EventideApp, create_app
-from .settings import Settings
-from .topics import ensure_topics
 
 logger = logging.getLogger(__name__)
 

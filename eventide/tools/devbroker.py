@@ -31,8 +31,8 @@ from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient
 
-from .exceptions import BrokerError
-from .settings import Settings
+from streams.exceptions import BrokerError
+from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
 
