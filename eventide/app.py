@@ -99,5 +99,5 @@ def create_app(settings: Settings) -> EventideApp:
         await engine.metrics.refresh_lag(engine.consumer)
 
     rebuilds = RebuildManager(engine)
-    register_views(app, engine, rebuilds)
+    register_views(app, engine, rebuilds, declared=PROJECTIONS)
     return EventideApp(app=app, settings=settings, engine=engine, rebuilds=rebuilds)

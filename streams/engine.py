@@ -2,77 +2,82 @@
 
 Faust's per-event path costs tens of microseconds per event; read models
 that keep up with Kafka need that cost amortised over batches. The engine runs
-inside the Faust app as a service and does, per batch:
+inside the Faust app as a service. Per batch, one
+:class:`~streams.checkpoint.BatchCommit` does the steps:
 
 1. ``getmany`` up to ``batch_max_records`` records (waiting at most
    ``batch_max_wait_ms``), per partition in offset order, so per-key order holds;
-2. skip records at or below the offset the partition's store has applied
-   (replays after a crash or rebalance change nothing);
-3. hand each record to every projection its topic feeds (each has its own
-   table), which reads and writes a :class:`~tables.store.Transaction`: each
-   key touched is written once; a topic feeding several projections is
-   committed only as far as all of them have applied it;
-4. send the projections' outputs and wait for their acknowledgements; then
-   send every touched key's new value to the table's changelog topic (same
-   partition number as the source) and a meta record with the applied source
-   offsets, all as whole batches, and wait for the acknowledgements (acks=all,
-   idempotent producer);
-5. write the transaction to RocksDB in one ``WriteBatch`` with those offsets;
-6. commit the consumer offsets.
+2. **apply**: skip records at or below the offset the partition's store has
+   applied (replays after a crash or rebalance change nothing) and hand each
+   other record to every projection its topic feeds (each has its own table),
+   which reads and writes a :class:`~tables.transaction.Transaction`;
+3. **produce outputs** (downstream topics, retry and dead-letter records);
+4. **produce changelog + offsets**: once the outputs are acknowledged, every
+   touched key's new value to the table's changelog topic (same partition
+   number as the source) and a record of the applied source offsets
+   (:mod:`tables.changelog`), all as whole batches (acks=all, idempotent producer);
+5. **write RocksDB**: once the changelog is acknowledged, each transaction in
+   one ``WriteBatch`` with those offsets;
+6. **commit offsets** of the consumer group.
 
-Steps 4 to 6 of one batch overlap steps 1 to 3 of the next (pipelining one batch
-deep); the next batch reads the in-flight batch's changes from its transaction.
+Steps 5 and 6 of one batch overlap steps 1 to 4 of the next (pipelining one
+batch deep); the next batch reads the in-flight batch's changes from its
+transaction.
 
 A crash anywhere leaves the changelog at or ahead of the local store; on
 assignment, a partition replays its changelog from the last changelog offset
 its store has seen, which also restores the applied source offsets. Records
 whose effects are already in the store are then skipped by offset; effects
-that reached the changelog without their meta record are absorbed by the
-projections' per-entity deduplication (event ids, upserts). Outputs are
-acknowledged before the changelog is sent, so a batch the changelog marks
-as done never lacks its outputs; a batch redone after a crash may emit its
-outputs twice, which their consumers absorb the same way (customer facts are
-versioned upserts, retry copies carry sequence numbers).
+that reached the changelog without their offsets record are absorbed by the
+projections' per-entity deduplication (event ids, upserts). A batch redone
+after a crash may emit its outputs twice, which their consumers absorb the
+same way (customer facts are versioned upserts, retry copies carry sequence
+numbers).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import CommitFailedError, TopicAlreadyExistsError
-from aiokafka.structs import ConsumerRecord
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError
 from mode import Service
 
 from tables.changelog import CHANGELOG, apply_changelog
 from tables.store import PartitionStore, RocksDBOptions
-from tables.transaction import Transaction
 
 from .assignor import HostAwareRangeAssignor
+from .checkpoint import Batch, BatchCommit
 from .failures import FailureRouter, Outcome, RetryPolicy, retry_topic
 from .metrics import EngineMetrics
-from .outputs import BatchSender, KeyPartitioner, Submitted
-from .projection import BatchContext, Projection
+from .outputs import KeyPartitioner
+from .projection import Projection
 from .settings import Settings
+from .standby import StandbyReplicas
+from .topics import changelog_spec
+from .transport import Consumer, KafkaTransport, RecordSender, Transport
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class _InFlight:
-    """A batch whose records were handed to the producer but not yet acknowledged."""
+class Lookup(Enum):
+    """Where :meth:`ProjectionEngine.lookup` found a key."""
 
-    contexts: dict[tuple[str, int], BatchContext]
-    encoded: dict[tuple[str, int], dict[bytes, bytes | None]]
-    commits: dict[TopicPartition, int]
-    submitted: Submitted
+    LOCAL = "local"
+    """This worker owns the key's partition: the value (or None) is here."""
+    REMOTE = "remote"
+    """Another worker owns it: the value is its URL."""
+    UNAVAILABLE = "unavailable"
+    """Partitions are being assigned: retry shortly."""
+    ABSENT = "absent"
+    """This worker does not run the table's projection."""
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -94,6 +99,7 @@ class ProjectionEngine(Service):
         settings: Settings,
         projections: Iterable[Projection],
         metrics: EngineMetrics | None = None,
+        transport: Transport | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -116,17 +122,18 @@ class ProjectionEngine(Service):
         )
         self.by_table = {p.table: p for p in self.projections}
         self.stores: dict[tuple[str, int], PartitionStore] = {}
-        self.standby_stores: dict[tuple[str, int], PartitionStore] = {}
-        """Warm copies of partitions other workers own (EVENTIDE_STANDBY_REPLICAS)."""
+        """(table, partition) → the store of a partition this worker owns."""
         self.assignor = HostAwareRangeAssignor(settings.web_url)
         self.ready = False
         self.partitioner = KeyPartitioner(settings.partitions)
         self.rocksdb = RocksDBOptions()
+        self.transport: Transport = transport or KafkaTransport(
+            settings, self.assignor, [changelog_spec(settings, p.table) for p in self.projections]
+        )
+        self.standbys = StandbyReplicas(self)
+        """Warm copies of partitions other workers own (EVENTIDE_STANDBY_REPLICAS)."""
         self._lock = asyncio.Lock()
-        self._consumer: AIOKafkaConsumer | None = None
-        self._producer: AIOKafkaProducer | None = None
-        self._sender: BatchSender | None = None
-        self._pending: _InFlight | None = None
+        self._pending: BatchCommit | None = None
         self._uncommitted: dict[TopicPartition, int] = {}
         """Positions applied by the stores beyond the group's committed offsets."""
         self.events_processed = 0
@@ -150,116 +157,65 @@ class ProjectionEngine(Service):
 
     def changelog_topic(self, table: str) -> str:
         """The changelog topic of ``table``."""
-        return self.settings.topic(f"{self.settings.app_id}-{table}-changelog")
+        return self.settings.topic(changelog_spec(self.settings, table).name)
 
     def store_path(self, table: str, partition: int) -> Path:
         """Folder of one table partition's RocksDB."""
         return self.settings.data_dir / "tables" / table / str(partition)
 
     @property
-    def consumer(self) -> AIOKafkaConsumer | None:
+    def consumer(self) -> Consumer | None:
         """The projections' consumer (None before the engine starts)."""
-        return self._consumer
+        return self.transport.consumer
 
-    def _routes(
-        self, batch: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
-    ) -> Iterator[tuple[TopicPartition, list[ConsumerRecord[Any, Any]], Projection]]:
-        """(partition, records, projection) for every projection each partition feeds."""
-        for tp, records in batch.items():
-            for projection in self.by_topic[tp.topic]:
-                yield tp, records, projection
+    @property
+    def standby_stores(self) -> Mapping[tuple[str, int], PartitionStore]:
+        """Warm copies of table partitions other workers own."""
+        return self.standbys.stores
 
-    def _commit_floor(
-        self, commits: dict[TopicPartition, int], contexts: dict[tuple[str, int], BatchContext]
-    ) -> None:
-        """A partition that feeds several projections is committed only as far as
-        all of them have applied it (each skips what its own store has applied)."""
-        for tp in commits:
-            projections = self.by_topic[tp.topic]
-            if len(projections) < 2:
-                continue
-            floor = commits[tp]
-            for p in projections:
-                ctx = contexts.get((p.table, tp.partition))
-                tx = ctx.tx if ctx is not None else None
-                while tx is not None and tp.topic not in tx.offsets:
-                    tx = tx.parent
-                store = self.stores.get((p.table, tp.partition))
-                applied = (
-                    tx.offsets[tp.topic]
-                    if tx is not None
-                    else store.offset(tp.topic)
-                    if store is not None
-                    else -1
-                )
-                floor = min(floor, applied + 1)
-            commits[tp] = floor
+    def live_stores(self, table: str) -> dict[int, PartitionStore]:
+        """partition → store of every partition of ``table`` this worker owns."""
+        return {p: store for (t, p), store in sorted(self.stores.items()) if t == table}
 
     # -- lifecycle -----------------------------------------------------------
 
     async def on_start(self) -> None:
-        await self._ensure_changelogs()
-        servers = self.settings.bootstrap_servers
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=servers,
-            client_id=f"{self.group_id}-producer",
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=5,
-            max_batch_size=1024 * 1024,
-            max_request_size=8 * 1024 * 1024,
-        )
-        await self._producer.start()
-        self._sender = BatchSender(self._producer)
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=servers,
-            client_id=f"{self.group_id}-consumer",
-            group_id=self.group_id,
-            # Static membership: a restarted worker takes its partitions back
-            # at once instead of waiting out the old member's session.
-            group_instance_id=f"{self.group_id}-{self.settings.web_host}:{self.settings.web_port}",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            partition_assignment_strategy=(self.assignor,),
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-            fetch_max_bytes=32 * 1024 * 1024,
-            max_poll_interval_ms=300_000,
-            session_timeout_ms=self.settings.session_timeout_ms,
-            heartbeat_interval_ms=max(1000, self.settings.session_timeout_ms // 4),
-        )
-        await self._consumer.start()
-        self._consumer.subscribe(sorted(self.by_topic), listener=_Rebalance(self))
+        await self.transport.start(sorted(self.by_topic), _Rebalance(self))
 
     async def on_stop(self) -> None:
         async with self._lock:
             self.ready = False
             await self._notify_rebalance("the worker is stopping")
             await self.complete_pending()
-            if self._consumer is not None:
-                await self._consumer.stop()  # leaves the group: partitions move at once
-            if self._producer is not None:
-                await self._producer.stop()
-            for store in [*self.stores.values(), *self.standby_stores.values()]:
+            await self.transport.stop()
+            for projection in self.projections:
+                await projection.close()
+            for store in self.stores.values():
                 store.close()
             self.stores.clear()
-            self.standby_stores.clear()
+            self.standbys.close()
 
     @Service.task
     async def _run(self) -> None:
-        assert self._consumer is not None
+        consumer = self.transport.consumer
+        assert consumer is not None
         wait_ms = self.settings.batch_max_wait_ms
         max_records = self.settings.batch_max_records
         while not self.should_stop:
-            batch = await self._consumer.getmany(timeout_ms=wait_ms, max_records=max_records)
+            batch = await consumer.getmany(timeout_ms=wait_ms, max_records=max_records)
             async with self._lock:
                 if batch:
                     await self.process(batch)
                 else:
                     await self.complete_pending()
 
+    @Service.task
+    async def _follow_standbys(self) -> None:
+        await self.standbys.run()
+
     # -- the batch -----------------------------------------------------------
 
-    async def process(self, batch: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]) -> None:
+    async def process(self, batch: Batch) -> None:
         """Apply one batch and send its records; then complete the batch before it.
 
         Batches are pipelined one deep: while batch *n*'s records travel to the
@@ -267,101 +223,56 @@ class ProjectionEngine(Service):
         transaction. Batch *n* is written to RocksDB and its offsets committed
         only once the broker has acknowledged all of its records.
         """
-        assert self._sender is not None and self._consumer is not None
-        started = time.perf_counter()
-        self.router.begin_batch()
-        pending = self._pending.contexts if self._pending is not None else {}
-        contexts: dict[tuple[str, int], BatchContext] = {}
-        commits: dict[TopicPartition, int] = {}
-        for tp, records, projection in self._routes(batch):
-            key = (projection.table, tp.partition)
-            store = self.stores.get(key)
-            if store is None:  # revoked meanwhile
-                continue
-            ctx = contexts.get(key)
-            if ctx is None:
-                parent = pending.get(key)
-                ctx = contexts[key] = BatchContext(
-                    Transaction(store, parent.tx if parent else None)
-                )
-            applied = store.offset(tp.topic)
-            skipped, invalid = self.events_skipped, self.events_invalid
-            from_retry = tp.topic in self.retry_topics
-            handle = self.router.handle
-            done = 0  # records of the partition handled (a held retry stops the loop)
-            for record in records:
-                if record.offset <= applied:
-                    self.events_skipped += 1
-                    done += 1
-                    continue
-                outcome = handle(projection, ctx, record, from_retry)
-                if outcome is Outcome.WAIT:  # not due yet: hold the retry partition
-                    self._hold(tp, record)
-                    break
-                done += 1
-                if outcome is not Outcome.APPLIED:
-                    self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
-                    if outcome is Outcome.INVALID:
-                        self.events_invalid += 1
-                        self.metrics.dead_letter(projection.table, tp.topic, "invalid")
-                    elif outcome is Outcome.RETRIED:
-                        self.metrics.retried(projection.table, tp.topic)
-                    elif outcome is Outcome.DEAD:
-                        self.metrics.dead_letter(projection.table, tp.topic, "exhausted")
-            if not done:
-                continue
-            if done < len(records):
-                records = records[:done]
-            self.events_processed += len(records)
-            self.metrics.partition_done(
-                projection.table,
-                tp.topic,
-                len(records),
-                self.events_skipped - skipped,
-                self.events_invalid - invalid,
-            )
-            ctx.tx.applied(tp.topic, records[-1].offset)
-            commits[tp] = records[-1].offset + 1
-        self._commit_floor(commits, contexts)
+        sender = self._sender()
+        commit = BatchCommit(self, parent=self._pending)
+        try:
+            commit.apply(batch)
+            for tp, record in commit.holds:
+                self._hold(tp, record)
+            await commit.run_side_effects()
+            await commit.produce_outputs(sender)
+            await self.complete_pending()  # the previous batch, meanwhile
+            await commit.produce_changelog(sender)
+        except BaseException:
+            commit.fail()
+            raise
+        self._pending = commit
+        self.metrics.batch_processed(batch, commit, commit.started)
 
-        for (table, _), ctx in contexts.items():
-            projection = self.by_table[table]
-            for record, exc in await projection.after_batch(ctx):
-                meta = getattr(record, "retry", None)
-                if meta is None:
-                    self.router.failed(projection, ctx, record, exc)
-                else:
-                    self.router.retry_failed(projection, ctx, record, meta, exc)
+    async def complete_pending(self) -> None:
+        """Write the in-flight batch to RocksDB once acknowledged, commit its offsets."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            if self._uncommitted:
+                await self._commit({})
+            return
+        await pending.write_stores()
+        self.metrics.batch_committed(pending)
+        if pending.commits or self._uncommitted:
+            await pending.commit_offsets(self._commit)
 
-        # Outputs (downstream topics, retry and dead-letter records) first, and
-        # the changelog only once they are acknowledged: a changelog whose
-        # offsets meta record reached the broker means this batch is done, and
-        # a restart will not redo it, so its outputs must be there already.
-        sender = self._sender
-        add, partitioner = sender.add, self.partitioner
-        for ctx in contexts.values():
-            for (topic, _), (ok, ov) in ctx.outputs.items():
-                add(topic, partitioner(ok), ok, ov)
-            for topic, rk, rv, headers, part in ctx.sends:
-                add(topic, part, rk, rv, headers)
-        outputs = await sender.submit()
-        await self.complete_pending()  # the previous batch, meanwhile
-        await outputs.acknowledged()
-        encoded: dict[tuple[str, int], dict[bytes, bytes | None]] = {}
-        for (table, partition), ctx in contexts.items():
-            changelog = self.changelog_topic(table)
-            values = encoded[(table, partition)] = ctx.tx.prepare()
-            for k, v in ctx.tx.changelog():
-                add(changelog, partition, k, v)
-            self.metrics.changelog_written(table, len(values) + 1)
-        submitted = await sender.submit()
-        self._pending = _InFlight(contexts, encoded, commits, submitted)
-        self.metrics.batch_processed(batch, self._pending, started)
+    def count_outcome(self, table: str, topic: str, outcome: Outcome) -> int:
+        """Count a record that was not simply applied; 1 if it was invalid input."""
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+        if outcome is Outcome.INVALID:
+            self.metrics.dead_letter(table, topic, "invalid")
+            return 1
+        if outcome is Outcome.RETRIED:
+            self.metrics.retried(table, topic)
+        elif outcome is Outcome.DEAD:
+            self.metrics.dead_letter(table, topic, "exhausted")
+        return 0
+
+    def _sender(self) -> RecordSender:
+        sender = self.transport.sender
+        if sender is None:
+            raise RuntimeError("the engine's producer is not started")
+        return sender
 
     def _hold(self, tp: TopicPartition, record: Any) -> None:
         """Pause a retry partition at ``record`` until its not-before time."""
-        assert self._consumer is not None
-        consumer = self._consumer
+        consumer = self.transport.consumer
+        assert consumer is not None
         consumer.seek(tp, record.offset)
         consumer.pause(tp)
         delay = max(0.0, self.router.due_in_ms(record) / 1000)
@@ -372,33 +283,51 @@ class ProjectionEngine(Service):
 
         asyncio.get_running_loop().call_later(delay, resume)
 
-    async def complete_pending(self) -> None:
-        """Wait for the in-flight batch's acks, write it to RocksDB, commit its offsets."""
-        inflight, self._pending = self._pending, None
-        if inflight is None:
-            if self._uncommitted:
-                await self._commit(self._uncommitted)
-            return
-        assert self._consumer is not None
-        last = await inflight.submitted.acknowledged()
-        for (table, partition), ctx in inflight.contexts.items():
-            ctx.tx.flush(last[(self.changelog_topic(table), partition)])
-        self.metrics.batch_committed(inflight)
-        if inflight.commits or self._uncommitted:
-            await self._commit(inflight.commits)
-
     async def _commit(self, commits: dict[TopicPartition, int]) -> None:
-        assert self._consumer is not None
-        assigned = self._consumer.assignment()
+        consumer = self.transport.consumer
+        assert consumer is not None
+        assigned = consumer.assignment()
         offsets = {tp: o for tp, o in self._uncommitted.items() if tp in assigned}
         offsets.update(commits)
         self._uncommitted = {}
         try:
-            await self._consumer.commit(offsets)
+            await consumer.commit(offsets)
             self.metrics.committed(offsets)
         except CommitFailedError as exc:
             # The stores hold the applied offsets; the next owner seeks past them.
             logger.info("offset commit skipped during a rebalance: %s", exc)
+
+    # -- the public API of rebuilds and operator tools ------------------------
+
+    @contextlib.asynccontextmanager
+    async def locked(self) -> AsyncIterator[None]:
+        """Hold the engine's lock: no batch, rebalance or standby step runs meanwhile."""
+        async with self._lock:
+            yield
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """Hold the engine still: no batch runs, and the in-flight one is complete."""
+        async with self._lock:
+            await self.complete_pending()
+            yield
+
+    async def write_changelog(
+        self, table: str, records: Mapping[int, Iterable[tuple[bytes, bytes | None]]]
+    ) -> dict[int, int]:
+        """Send records to ``table``'s changelog (partition → records) and wait
+        for the acks; return the last offset written per partition."""
+        sender = self._sender()
+        topic = self.changelog_topic(table)
+        for partition, items in records.items():
+            for key, value in items:
+                await sender.append(topic, partition, key, value)
+        last = await sender.flush()
+        return {p: last[(topic, p)] for p in records if (topic, p) in last}
+
+    def replace_store(self, table: str, partition: int, store: PartitionStore) -> None:
+        """Serve ``table``'s partition from ``store`` from now on (a rebuild's switch)."""
+        self.stores[(table, partition)] = store
 
     # -- rebalancing and recovery -------------------------------------------
 
@@ -417,7 +346,8 @@ class ProjectionEngine(Service):
 
     async def on_assigned(self, assigned: list[TopicPartition]) -> None:
         """Open and recover the stores of new partitions; seek past applied offsets."""
-        assert self._consumer is not None
+        consumer = self.transport.consumer
+        assert consumer is not None
         async with self._lock:
             await self._notify_rebalance(f"rebalance: {len(assigned)} partitions assigned")
             started = time.monotonic()
@@ -426,177 +356,63 @@ class ProjectionEngine(Service):
                 {(p.table, tp.partition) for tp in assigned for p in self.by_topic[tp.topic]}
             ):
                 if (table, partition) not in self.stores:
-                    store = self.standby_stores.pop((table, partition), None) or PartitionStore(
+                    store = self.standbys.take(table, partition) or PartitionStore(
                         self.store_path(table, partition), self.rocksdb
                     )
-                    restored += await self._recover(table, partition, store)
+                    restored += await self.recover(table, partition, store)
                     self.stores[(table, partition)] = store
             for tp in assigned:
                 applied = min(
                     self.stores[(p.table, tp.partition)].offset(tp.topic)
                     for p in self.by_topic[tp.topic]
                 )
-                committed = await self._consumer.committed(tp)
+                committed = await consumer.committed(tp)
                 position = max(applied + 1, committed or 0)
-                self._consumer.seek(tp, position)
+                consumer.seek(tp, position)
                 if position > (committed or 0):
                     # Applied but not committed (a crash between the two): commit it
                     # with the next batch, or at once if nothing new arrives.
                     self._uncommitted[tp] = position
             self.ready = True
+            elapsed = time.monotonic() - started
             logger.info(
                 "assigned %d partitions; restored %d changelog records in %.2fs; ready",
                 len(assigned),
                 restored,
-                time.monotonic() - started,
+                elapsed,
             )
-            self.metrics.assigned(len(assigned), restored, time.monotonic() - started)
+            self.metrics.assigned(len(assigned), restored, elapsed)
 
     async def _notify_rebalance(self, reason: str) -> None:
         for listener in self.rebalance_listeners:
             await listener(reason)
 
-    async def _recover(self, table: str, partition: int, store: PartitionStore) -> int:
-        """Replay the changelog from the store's last changelog offset to its end."""
+    async def recover(self, table: str, partition: int, store: PartitionStore) -> int:
+        """Replay the changelog from the store's last changelog offset to its end;
+        return the number of records replayed."""
         topic = self.changelog_topic(table)
-        tp = TopicPartition(topic, partition)
-        reader = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap_servers,
-            client_id=f"{self.group_id}-restore",
-            enable_auto_commit=False,
-            max_partition_fetch_bytes=8 * 1024 * 1024,
-        )
-        await reader.start()
-        try:
-            reader.assign([tp])
-            end = (await reader.end_offsets([tp]))[tp]
-            start = store.offset(CHANGELOG) + 1
-            if start >= end:
-                return 0
-            reader.seek(tp, start)
-            count = 0
-            position = start
-            while position < end:
-                got = await reader.getmany(tp, timeout_ms=1000, max_records=20_000)
-                records = [r for r in got.get(tp, []) if r.offset < end]
-                if records:
-                    apply_changelog(store, records)
-                    position = records[-1].offset + 1
-                    count += len(records)
+        count = 0
+        async for records in self.transport.read(topic, partition, store.offset(CHANGELOG) + 1):
+            apply_changelog(store, records)
+            count += len(records)
+        if count:
             logger.info("restored %s[%d]: %d records", topic, partition, count)
-            return count
-        finally:
-            await reader.stop()
-
-    async def _ensure_changelogs(self) -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.bootstrap_servers)
-        await admin.start()
-        try:
-            existing = set(await admin.list_topics())
-            missing = [
-                NewTopic(
-                    self.changelog_topic(p.table),
-                    self.settings.partitions,
-                    self.settings.replication_factor,
-                    topic_configs={"cleanup.policy": "compact"},
-                )
-                for p in self.projections
-                if self.changelog_topic(p.table) not in existing
-            ]
-            if missing:
-                response = await admin.create_topics(missing)
-                for name, code, message in (e[:3] for e in response.topic_errors):
-                    if code not in (0, TopicAlreadyExistsError.errno):
-                        raise RuntimeError(f"could not create changelog {name!r}: {message}")
-        finally:
-            await admin.close()
-
-    # -- standby replicas ----------------------------------------------------
-
-    def standby_targets(self) -> set[tuple[str, int]]:
-        """Table partitions this worker keeps warm: those owned by the next
-        ``standby_replicas`` workers before it in URL order."""
-        replicas = self.settings.standby_replicas
-        urls = sorted(self.assignor.hosts)
-        me = self.settings.web_url
-        if replicas == 0 or me not in urls or len(urls) < 2:
-            return set()
-        targets = set()
-        i = urls.index(me)
-        owners = {urls[(i - k) % len(urls)] for k in range(1, min(replicas, len(urls) - 1) + 1)}
-        for projection in self.projections:
-            for url in owners:
-                for partition in self.assignor.hosts[url].get(projection.query_topic, ()):
-                    targets.add((projection.table, partition))
-        return targets - set(self.stores)
-
-    @Service.task
-    async def _standby(self) -> None:
-        if self.settings.standby_replicas == 0:
-            return
-        table_of = {self.changelog_topic(p.table): p.table for p in self.projections}
-        reader = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap_servers,
-            client_id=f"{self.group_id}-standby",
-            enable_auto_commit=False,
-            max_partition_fetch_bytes=8 * 1024 * 1024,
-        )
-        await reader.start()
-        current: set[tuple[str, int]] = set()
-        try:
-            while not self.should_stop:
-                wanted = self.standby_targets() if self.ready else current
-                if wanted != current:
-                    async with self._lock:
-                        for key in current - wanted:
-                            store = self.standby_stores.pop(key, None)
-                            if store is not None:
-                                store.close()
-                        for key in wanted - current:
-                            if key not in self.stores and key not in self.standby_stores:
-                                self.standby_stores[key] = PartitionStore(
-                                    self.store_path(*key), self.rocksdb
-                                )
-                        tps = {
-                            TopicPartition(self.changelog_topic(t), p): (t, p)
-                            for t, p in self.standby_stores
-                        }
-                        reader.assign(list(tps))
-                        for tp, key in tps.items():
-                            reader.seek(tp, self.standby_stores[key].offset(CHANGELOG) + 1)
-                    current = wanted
-                    logger.info("standby for %s", sorted(f"{t}[{p}]" for t, p in current))
-                if not current:
-                    await asyncio.sleep(1.0)
-                    continue
-                got = await reader.getmany(timeout_ms=500, max_records=20_000)
-                async with self._lock:
-                    for tp, records in got.items():
-                        store = self.standby_stores.get((table_of[tp.topic], tp.partition))
-                        if store is not None and records:
-                            apply_changelog(store, records)
-        finally:
-            await reader.stop()
+        return count
 
     # -- queries -------------------------------------------------------------
 
-    def lookup(self, table: str, key: str) -> tuple[str, Any]:
-        """Find ``key`` in ``table``.
-
-        Returns ("local", document or None), ("remote", owner URL),
-        ("unavailable", None) while partitions are being assigned, or
-        ("absent", None) when this worker does not run the table's projection.
-        """
+    def lookup(self, table: str, key: str) -> tuple[Lookup, Any]:
+        """Find ``key`` in ``table``: (:class:`Lookup`, document, URL or None)."""
         projection = self.by_table.get(table)
         if projection is None:
-            return "absent", None
+            return Lookup.ABSENT, None
         raw = key.encode()
         partition = self.partitioner(raw)
         store = self.stores.get((table, partition))
         if store is not None and self.ready:
             stored = store.get(raw)
-            return "local", None if stored is None else projection.view(stored)
+            return Lookup.LOCAL, None if stored is None else projection.view(stored)
         owner = self.assignor.owner(projection.query_topic, partition)
         if owner is not None and owner != self.settings.web_url:
-            return "remote", owner
-        return "unavailable", None
+            return Lookup.REMOTE, owner
+        return Lookup.UNAVAILABLE, None

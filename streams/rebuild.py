@@ -55,17 +55,18 @@ import logging
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from schemas.exceptions import EventError
-from tables.changelog import CHANGELOG, OFFSETS_KEY
+from tables.changelog import CHANGELOG, offsets_record
 from tables.store import PartitionStore
 from tables.transaction import Transaction
 
@@ -82,10 +83,31 @@ from .projection import BatchContext, Projection
 
 logger = logging.getLogger(__name__)
 
-RUNNING = "running"
-SWITCHED = "switched"
-ABORTED = "aborted"
-FAILED = "failed"
+
+class RebuildState(StrEnum):
+    """How a rebuild ended, or that it still runs."""
+
+    IDLE = "idle"
+    """No rebuild of the table ran on this worker (status only)."""
+    RUNNING = "running"
+    SWITCHED = "switched"
+    ABORTED = "aborted"
+    FAILED = "failed"
+
+
+class RebuildPhase(StrEnum):
+    """Where a running rebuild is."""
+
+    STARTING = "starting"
+    REPLAYING = "replaying"
+    SWITCHING = "switching"
+    DONE = "done"
+
+
+RUNNING = RebuildState.RUNNING
+SWITCHED = RebuildState.SWITCHED
+ABORTED = RebuildState.ABORTED
+FAILED = RebuildState.FAILED
 SHADOW_SUFFIX = ".rebuild"
 """The shadow of table T lives in ``tables/T.rebuild/<partition>``."""
 PROGRESS_LOG_SECONDS = 5.0
@@ -124,9 +146,9 @@ class Rebuild:
     """The read model being rebuilt."""
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     """Tells this rebuild from a later one of the same table."""
-    state: str = RUNNING
+    state: RebuildState = RebuildState.RUNNING
     """running, switched, aborted or failed."""
-    phase: str = "starting"
+    phase: RebuildPhase = RebuildPhase.STARTING
     """While running: starting, replaying, switching; then done."""
     reason: str | None = None
     """Why it was aborted or failed."""
@@ -168,7 +190,7 @@ class Rebuild:
         """Share of the records replayed (0 before the partitions are known)."""
         if self.total:
             return 100.0 * self.done / self.total
-        return 100.0 if self.phase not in ("starting", "replaying") else 0.0
+        return 0.0 if self.phase in (RebuildPhase.STARTING, RebuildPhase.REPLAYING) else 100.0
 
     @property
     def elapsed(self) -> float:
@@ -190,8 +212,8 @@ class Rebuild:
         return {
             "id": self.id,
             "table": self.table,
-            "state": self.state,
-            "phase": self.phase,
+            "state": self.state.value,
+            "phase": self.phase.value,
             "reason": self.reason,
             "startedAt": _iso(self.started_at),
             "finishedAt": _iso(self.finished_at),
@@ -258,7 +280,11 @@ class RebuildManager:
         """The latest rebuild of ``table`` here (state ``idle`` when none ran)."""
         self.projection(table)
         rebuild = self.rebuilds.get(table)
-        body = rebuild.status() if rebuild is not None else {"table": table, "state": "idle"}
+        body = (
+            rebuild.status()
+            if rebuild is not None
+            else {"table": table, "state": RebuildState.IDLE.value}
+        )
         return {**body, "worker": self.engine.settings.web_url, "workers": self.workers()}
 
     def start(self, table: str) -> Rebuild:
@@ -298,15 +324,9 @@ class RebuildManager:
     async def _run(self, rebuild: Rebuild, projection: Projection) -> None:
         engine = self.engine
         table = rebuild.table
-        live = {p: store for (t, p), store in sorted(engine.stores.items()) if t == table}
+        live = engine.live_stores(table)
         shadows: dict[int, PartitionStore] = {}
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=engine.settings.bootstrap_servers,
-            client_id=f"{engine.group_id}-rebuild-{table}",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-        )
+        consumer = self.reader(table)
         switched = False
         logger.info("rebuild of %s started for partitions %s", table, sorted(live))
         try:
@@ -316,7 +336,7 @@ class RebuildManager:
                 shadows[p] = PartitionStore(path, engine.rocksdb)
             await consumer.start()
             await self._seek_to_beginning(consumer, rebuild, projection, live)
-            rebuild.phase = "replaying"
+            rebuild.phase = RebuildPhase.REPLAYING
             gap = engine.settings.batch_max_records
             next_log = time.monotonic() + PROGRESS_LOG_SECONDS
             while True:
@@ -328,9 +348,8 @@ class RebuildManager:
                     logger.info("rebuild of %s: %s", table, rebuild.progress())
                     next_log = time.monotonic() + PROGRESS_LOG_SECONDS
                 await asyncio.sleep(0)  # let the live engine and queries in
-            async with engine._lock:
-                rebuild.phase = "switching"
-                await engine.complete_pending()
+            async with engine.exclusive():
+                rebuild.phase = RebuildPhase.SWITCHING
                 self._refresh_targets(rebuild, live)
                 deadline = time.monotonic() + FINISH_TIMEOUT_SECONDS
                 while rebuild.remaining > 0:
@@ -370,7 +389,7 @@ class RebuildManager:
                 rebuild.reason = f"{type(exc).__name__}: {exc}"
                 logger.exception("rebuild of %s failed", table)
         finally:
-            rebuild.phase = "done"
+            rebuild.phase = RebuildPhase.DONE
             rebuild.finished = time.monotonic()
             rebuild.finished_at = time.time()
             try:
@@ -490,31 +509,21 @@ class RebuildManager:
         live: dict[int, PartitionStore],
         shadows: dict[int, PartitionStore],
     ) -> None:
-        """Make the shadows the live stores (the caller holds the engine's lock)."""
+        """Make the shadows the live stores (the caller holds the engine still)."""
         engine = self.engine
-        sender = engine._sender
-        assert sender is not None
-        changelog = engine.changelog_topic(rebuild.table)
         for p, store in live.items():
-            shadow = shadows[p]
             offsets = {}
             for source in projection.sources:
                 for topic in (source, retry_topic(source)):
                     if store.offset(topic) >= 0:
                         offsets[topic] = store.offset(topic)
-            shadow.write(dict(store.raw_items(STATE_PREFIX)), offsets)
-            for key, raw in shadow.raw_items():
-                await sender.append(changelog, p, key, raw)
-                rebuild.changelog_records += 1
-            for key, _ in store.raw_items():
-                if key not in shadow:
-                    await sender.append(changelog, p, key, None)
-                    rebuild.tombstones += 1
-            meta = {k: v for k, v in shadow.offsets().items() if k != CHANGELOG}
-            await sender.append(changelog, p, OFFSETS_KEY, orjson.dumps(meta))
-        last = await sender.flush()
+            shadows[p].write(dict(store.raw_items(STATE_PREFIX)), offsets)
+        last = await engine.write_changelog(
+            rebuild.table,
+            {p: self._switch_records(rebuild, store, shadows[p]) for p, store in live.items()},
+        )
         for p, shadow in shadows.items():
-            shadow.write({}, {CHANGELOG: last[(changelog, p)]})
+            shadow.write({}, {CHANGELOG: last[p]})
         # No await from here on: queries never see a closed store.
         for p, store in live.items():
             shadow = shadows[p]
@@ -525,5 +534,31 @@ class RebuildManager:
             shutil.rmtree(old, ignore_errors=True)
             path.rename(old)
             rebuilt.rename(path)
-            engine.stores[(rebuild.table, p)] = PartitionStore(path, engine.rocksdb)
+            engine.replace_store(rebuild.table, p, PartitionStore(path, engine.rocksdb))
             shutil.rmtree(old, ignore_errors=True)
+
+    @staticmethod
+    def _switch_records(
+        rebuild: Rebuild, live: PartitionStore, shadow: PartitionStore
+    ) -> Iterator[tuple[bytes, bytes | None]]:
+        """The changelog records that replace a partition's live state with the
+        shadow's: every shadow key, a tombstone per live key the shadow lacks,
+        then the offsets record."""
+        for key, raw in shadow.raw_items():
+            rebuild.changelog_records += 1
+            yield key, raw
+        for key, _ in live.raw_items():
+            if key not in shadow:
+                rebuild.tombstones += 1
+                yield key, None
+        yield offsets_record(shadow.offsets())
+
+    def reader(self, table: str) -> AIOKafkaConsumer:
+        """The rebuild's own consumer of the source topics (no group, no commits)."""
+        return AIOKafkaConsumer(
+            bootstrap_servers=self.engine.settings.bootstrap_servers,
+            client_id=f"{self.engine.group_id}-rebuild-{table}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )

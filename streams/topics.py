@@ -16,6 +16,7 @@ topic that already exists keeps its configuration; set it with
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -44,6 +45,28 @@ class TopicSpec:
     retention_ms: int | None = None
     """``retention.ms`` of the topic when Eventide creates it (-1: keep forever);
     None: the broker's default."""
+    compacted: bool = False
+    """``cleanup.policy=compact`` (a table's changelog: the last value per key)."""
+
+    def configs(self) -> dict[str, str]:
+        """Topic configuration set when Eventide creates it."""
+        configs = {}
+        if self.retention_ms is not None:
+            configs["retention.ms"] = str(self.retention_ms)
+        if self.compacted:
+            configs["cleanup.policy"] = "compact"
+        return configs
+
+
+def changelog_spec(settings: Settings, table: str) -> TopicSpec:
+    """The changelog topic of ``table`` (name without the configured prefix)."""
+    return TopicSpec(
+        f"{settings.app_id}-{table}-changelog",
+        "the table's key",
+        f"changelog of the {table} table: its changed keys and applied offsets",
+        consumed=False,
+        compacted=True,
+    )
 
 
 KEEP_FOREVER = -1
@@ -64,11 +87,19 @@ ORDER_VIEWS = TopicSpec(
 CATALOGUE: tuple[TopicSpec, ...] = (USER_EVENTS, ORDER_EVENTS, CUSTOMER_FACTS, ORDER_VIEWS)
 
 
-async def ensure_topics(settings: Settings, specs: tuple[TopicSpec, ...] = CATALOGUE) -> list[str]:
-    """Create the catalogue's topics that are missing; check the others.
+async def ensure_topics(settings: Settings) -> list[str]:
+    """Create the catalogue's topics that are missing; check the others."""
+    return await create_topics(settings, CATALOGUE)
 
-    Returns the names created. Raises :class:`TopicConfigError` when a topic
-    exists with another partition count than ``settings.partitions``: tables
+
+async def create_topics(settings: Settings, specs: Sequence[TopicSpec]) -> list[str]:
+    """Create the topics of ``specs`` that are missing (with their retry and
+    dead-letter companions when consumed); check the others.
+
+    The one path by which Eventide creates topics. Returns the names created.
+    Raises :class:`BrokerError` when Kafka cannot be reached, and
+    :class:`TopicConfigError` when a topic cannot be created or exists with
+    another partition count than ``settings.partitions``: tables
     are co-partitioned with their source topics, so that would misroute keys.
     """
     admin = AIOKafkaAdminClient(
@@ -87,8 +118,7 @@ async def ensure_topics(settings: Settings, specs: tuple[TopicSpec, ...] = CATAL
         for spec in specs:
             name = settings.topic(spec.name)
             names.append(name)
-            if spec.retention_ms is not None:
-                configs[name] = {"retention.ms": str(spec.retention_ms)}
+            configs[name] = spec.configs()
             if spec.consumed:
                 names += [retry_topic(name), dlq_topic(name)]
         existing = set(await admin.list_topics())
@@ -122,7 +152,7 @@ async def ensure_topics(settings: Settings, specs: tuple[TopicSpec, ...] = CATAL
                         f"EVENTIDE_PARTITIONS={settings.partitions}; set EVENTIDE_PARTITIONS="
                         f"{count} or recreate the topic"
                     )
-            kept = [n for n in present if configs.get(n)]
+            kept = [n for n in present if "retention.ms" in configs.get(n, {})]
             if kept:
                 await _warn_on_retention(admin, kept, configs)
         return missing

@@ -15,11 +15,13 @@ only once complete; the worker's port is an internal one, like its queries).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 import faust
 from faust.web import Request, Response, View
 
+from .engine import Lookup, ProjectionEngine
 from .exceptions import (
     NotRebuildableError,
     RebuildError,
@@ -28,10 +30,8 @@ from .exceptions import (
     UnknownReadModelError,
 )
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-
-if TYPE_CHECKING:
-    from .engine import ProjectionEngine
-    from .rebuild import RebuildManager
+from .projection import Projection, Query
+from .rebuild import RebuildManager
 
 FORWARDED = "X-Eventide-Forwarded"
 
@@ -51,10 +51,20 @@ def http_status(exc: Exception) -> int:
     return 500
 
 
+QueryHandler = Callable[[View, Request, str, str, str], Awaitable[Response]]
+
+
 def register_views(
-    app: faust.App, engine: ProjectionEngine, rebuilds: RebuildManager | None = None
+    app: faust.App,
+    engine: ProjectionEngine,
+    rebuilds: RebuildManager | None = None,
+    declared: Iterable[type[Projection]] = (),
 ) -> None:
     """Add the query views and ``GET /health`` to the app's web server.
+
+    Every declared projection with a :class:`~streams.projection.Query` gets
+    ``GET /<path>/{id}``, served by the engine when this worker runs it (404
+    naming the read model when it does not).
 
     Also ``GET /metrics`` (Prometheus text format), ``POST`` and ``GET
     /admin/rebuild/{table}`` (with ``rebuilds``) and, with
@@ -63,30 +73,24 @@ def register_views(
 
     async def query(view: View, request: Request, table: str, id_field: str, key: str) -> Response:
         where, found = engine.lookup(table, key)
-        if where == "local":
+        if where is Lookup.LOCAL:
             if found is None:
                 return view.json({"error": f"{id_field[:-2]} not found", id_field: key}, status=404)
             return view.json(found)
-        if where == "absent":
+        if where is Lookup.ABSENT:
             return view.json(
                 {"error": f"this worker does not run the {table} read model", id_field: key},
                 status=404,
             )
-        if where == "remote" and FORWARDED not in request.headers:
+        if where is Lookup.REMOTE and FORWARDED not in request.headers:
             return await _proxy(app, view, request, found)
         return view.json(
             {"error": "partition is being assigned, retry shortly", id_field: key}, status=503
         )
 
-    @app.page("/orders/{order_id}")
-    class OrderQuery(View):
-        async def get(self, request: Request, order_id: str) -> Response:
-            return await query(self, request, "orders", "orderId", order_id)
-
-    @app.page("/customers/{customer_id}")
-    class CustomerQuery(View):
-        async def get(self, request: Request, customer_id: str) -> Response:
-            return await query(self, request, "customers", "customerId", customer_id)
+    for cls in declared:
+        if cls.spec.query is not None:
+            _register_query(app, query, cls.spec.name, cls.spec.query)
 
     @app.page("/health")
     class Health(View):
@@ -126,6 +130,13 @@ def register_views(
                 return self.json({"action": action, "partitions": [str(tp) for tp in partitions]})
 
 
+def _register_query(app: faust.App, query: QueryHandler, table: str, spec: Query) -> None:
+    @app.page(f"/{spec.path}/{{key}}", name=f"query-{table}")
+    class TableQuery(View):
+        async def get(self, request: Request, key: str) -> Response:
+            return await query(self, request, table, spec.id_field, key)
+
+
 def _register_rebuild(app: faust.App, rebuilds: RebuildManager) -> None:
     @app.page("/admin/rebuild/{table}")
     class Rebuild(View):
@@ -133,7 +144,8 @@ def _register_rebuild(app: faust.App, rebuilds: RebuildManager) -> None:
             try:
                 rebuilds.start(table)
             except RebuildRunningError as exc:
-                return self.json({**rebuilds.status(table), "error": str(exc)}, status=http_status(exc))
+                body = {**rebuilds.status(table), "error": str(exc)}
+                return self.json(body, status=http_status(exc))
             except RebuildError as exc:
                 return self.json({"error": str(exc), "table": table}, status=http_status(exc))
             return self.json(rebuilds.status(table), status=202)

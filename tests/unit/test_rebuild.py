@@ -17,7 +17,6 @@ from eventide.cli import main
 from eventide.tools.rebuild_client import run_rebuild
 from schemas.codecs import EventCodec
 from streams.engine import ProjectionEngine
-from streams.views import http_status
 from streams.exceptions import (
     NotRebuildableError,
     RebuildRunningError,
@@ -27,6 +26,7 @@ from streams.exceptions import (
 from streams.rebuild import FAILED, PartitionProgress, Rebuild, RebuildManager
 from streams.settings import Settings
 from streams.sinks import build_sink
+from streams.views import http_status
 from tests.fixtures.broker import free_port
 
 

@@ -43,4 +43,7 @@ def test_declarations_name_sources_outputs_and_queries():
     )
     projection = OrdersProjection(Settings.from_env({"EVENTIDE_TOPIC_PREFIX": "t1."}), None)  # type: ignore[arg-type]
     assert projection.sources == ("t1.order-events",)
-    assert projection.outputs == {"order-views": "t1.order-views", "customer-facts": "t1.customer-facts"}
+    assert projection.outputs == {
+        "order-views": "t1.order-views",
+        "customer-facts": "t1.customer-facts",
+    }

@@ -1,0 +1,112 @@
+"""Standby replicas: warm copies of table partitions that other workers own.
+
+With ``EVENTIDE_STANDBY_REPLICAS=n`` a worker follows the changelogs of the
+partitions owned by the *n* workers before it (in URL order) into local stores.
+When such a partition is assigned to it, the engine takes the warm store and
+replays only the changelog's tail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from tables.changelog import CHANGELOG, apply_changelog
+from tables.store import PartitionStore
+
+from .transport import KafkaTransport
+
+if TYPE_CHECKING:
+    from .engine import ProjectionEngine
+
+logger = logging.getLogger(__name__)
+
+
+class StandbyReplicas:
+    """Follows the changelogs of the partitions this worker keeps warm."""
+
+    def __init__(self, engine: ProjectionEngine) -> None:
+        self.engine = engine
+        self.stores: dict[tuple[str, int], PartitionStore] = {}
+        """(table, partition) → warm store of a partition another worker owns."""
+
+    def targets(self) -> set[tuple[str, int]]:
+        """Table partitions this worker keeps warm: those owned by the next
+        ``standby_replicas`` workers before it in URL order."""
+        engine = self.engine
+        replicas = engine.settings.standby_replicas
+        urls = sorted(engine.assignor.hosts)
+        me = engine.settings.web_url
+        if replicas == 0 or me not in urls or len(urls) < 2:
+            return set()
+        targets = set()
+        i = urls.index(me)
+        owners = {urls[(i - k) % len(urls)] for k in range(1, min(replicas, len(urls) - 1) + 1)}
+        for projection in engine.projections:
+            for url in owners:
+                for partition in engine.assignor.hosts[url].get(projection.query_topic, ()):
+                    targets.add((projection.table, partition))
+        return targets - set(engine.stores)
+
+    def take(self, table: str, partition: int) -> PartitionStore | None:
+        """Hand a warm store over to the engine (its partition was assigned here)."""
+        return self.stores.pop((table, partition), None)
+
+    def close(self) -> None:
+        """Close every warm store."""
+        for store in self.stores.values():
+            store.close()
+        self.stores.clear()
+
+    async def run(self) -> None:
+        """Follow the wanted changelog partitions until the engine stops."""
+        engine = self.engine
+        transport = engine.transport
+        if engine.settings.standby_replicas == 0 or not isinstance(transport, KafkaTransport):
+            return
+        table_of = {engine.changelog_topic(p.table): p.table for p in engine.projections}
+        reader = transport.reader("standby")
+        await reader.start()
+        current: set[tuple[str, int]] = set()
+        try:
+            while not engine.should_stop:
+                wanted = self.targets() if engine.ready else current
+                if wanted != current:
+                    async with engine.locked():
+                        self._follow(reader, current - wanted, wanted - current)
+                    current = wanted
+                    logger.info("standby for %s", sorted(f"{t}[{p}]" for t, p in current))
+                if not current:
+                    await asyncio.sleep(1.0)
+                    continue
+                got = await reader.getmany(timeout_ms=500, max_records=20_000)
+                async with engine.locked():
+                    for tp, records in got.items():
+                        store = self.stores.get((table_of[tp.topic], tp.partition))
+                        if store is not None and records:
+                            apply_changelog(store, records)
+        finally:
+            await reader.stop()
+
+    def _follow(
+        self,
+        reader: AIOKafkaConsumer,
+        dropped: set[tuple[str, int]],
+        added: set[tuple[str, int]],
+    ) -> None:
+        """Close the dropped stores, open the added ones, reassign the reader."""
+        engine = self.engine
+        for key in dropped:
+            store = self.stores.pop(key, None)
+            if store is not None:
+                store.close()
+        for key in added:
+            if key not in engine.stores and key not in self.stores:
+                self.stores[key] = PartitionStore(engine.store_path(*key), engine.rocksdb)
+        tps = {TopicPartition(engine.changelog_topic(t), p): (t, p) for t, p in self.stores}
+        reader.assign(list(tps))
+        for tp, key in tps.items():
+            reader.seek(tp, self.stores[key].offset(CHANGELOG) + 1)
