@@ -12,9 +12,9 @@ import orjson
 
 from schemas.codecs import EventCodec
 from schemas.exceptions import DecodeError, ValidationError
+from streams.catalogue import CUSTOMER_FACTS, USER_EVENTS
 from streams.projection import BatchContext, Projection, Query, projection
 from streams.settings import Settings
-from streams.topics import CUSTOMER_FACTS, USER_EVENTS
 from tables.readmodels.customers import (
     TABLE_NAME,
     apply_order_fact,

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from schemas.codecs import EventCodec
+from streams.catalogue import ORDER_EVENTS, USER_EVENTS
 from streams.projection import BatchContext, Projection, projection
 from streams.settings import Settings
 from streams.sinks import (
@@ -47,7 +48,6 @@ from streams.sinks import (
     SinkError,
     build_sink,
 )
-from streams.topics import ORDER_EVENTS, USER_EVENTS
 from tables.readmodels.notifications import (
     KINDS,
     TABLE_NAME,

@@ -15,9 +15,9 @@ import orjson
 
 from schemas.codecs import EventCodec
 from schemas.exceptions import ValidationError
+from streams.catalogue import CUSTOMER_FACTS, ORDER_EVENTS, ORDER_VIEWS
 from streams.projection import BatchContext, Projection, Query, projection
 from streams.settings import Settings
-from streams.topics import CUSTOMER_FACTS, ORDER_EVENTS, ORDER_VIEWS
 from tables.readmodels.customers import fact_changed, order_fact
 from tables.readmodels.orders import TABLE_NAME, apply_order_event
 

@@ -1,7 +1,10 @@
-"""The command API, its transactional outbox and the outbox relay (own processes)."""
+"""The command API, its transactional outbox and the outbox relay (own processes).
+
+The web app and the relay are imported from their modules (``api.app``,
+``api.relay``): importing this package loads no web framework or Kafka client.
+"""
 
 from .aggregate import Decision, rebuild_order
-from .app import create_api, run_api
 from .exceptions import (
     ApiError,
     ConcurrencyError,
@@ -11,7 +14,6 @@ from .exceptions import (
     NotFoundError,
     StoreError,
 )
-from .relay import OutboxRelay, run_relay
 from .store import OutboxStore, PostgresStore, SqliteStore, store_for
 
 __all__ = [
@@ -22,14 +24,10 @@ __all__ = [
     "IdempotencyKeyReusedError",
     "InvalidCommandError",
     "NotFoundError",
-    "OutboxRelay",
     "OutboxStore",
     "PostgresStore",
     "SqliteStore",
     "StoreError",
-    "create_api",
     "rebuild_order",
-    "run_api",
-    "run_relay",
     "store_for",
 ]

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from typing import Any
 
 from schemas.envelope import Envelope
+from streams.catalogue import ORDER_EVENTS, USER_EVENTS, TopicSpec
 from streams.settings import Settings
-from streams.topics import ORDER_EVENTS, USER_EVENTS, TopicSpec
 
 from .aggregate import CommandMeta, Decision, create_user, place_order, stream_of
 from .exceptions import ConcurrencyError

@@ -36,8 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from eventide.tools import devbroker
+from streams.catalogue import ORDER_EVENTS
 from streams.settings import Settings
-from streams.topics import ORDER_EVENTS, ensure_topics
+from streams.topics import ensure_topics
 
 from .drain import RESULTS, ROOT, Progress, log, ready, start, stop, wait_until
 from .latency import latency_at_loads, scrape

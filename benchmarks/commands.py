@@ -57,8 +57,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from eventide.tools import devbroker
 from schemas.envelope import decode_envelope
+from streams.catalogue import ORDER_EVENTS, USER_EVENTS
 from streams.settings import Settings
-from streams.topics import ORDER_EVENTS, USER_EVENTS
 
 from .cpu import CpuMeter
 from .httpdrive import Connection

@@ -31,8 +31,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from eventide.tools import devbroker
 from eventide.tools.demo import fetch_json
+from streams.catalogue import CUSTOMER_FACTS, ORDER_EVENTS, USER_EVENTS
 from streams.settings import Settings
-from streams.topics import CUSTOMER_FACTS, ORDER_EVENTS, USER_EVENTS, ensure_topics
+from streams.topics import ensure_topics
 
 from .drain import RESULTS, ROOT, env_of, log, ready
 from .workload import Workload, expected_state, make_workload, publish

@@ -47,9 +47,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from eventide.tools import devbroker
 from eventide.tools.demo import fetch_json
 from schemas.codecs import EventCodec
+from streams.catalogue import CUSTOMER_FACTS, ORDER_EVENTS, USER_EVENTS
 from streams.failures import retry_topic
 from streams.settings import Settings
-from streams.topics import CUSTOMER_FACTS, ORDER_EVENTS, USER_EVENTS, ensure_topics
+from streams.topics import ensure_topics
 
 from .workload import expected_state, make_workload, publish
 

@@ -20,10 +20,9 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.envelope import CONTENT_TYPE_JSON, encode_envelope
+from streams.catalogue import ORDER_EVENTS, key_of
 from streams.outputs import KeyPartitioner
-from streams.produce import key_of
 from streams.settings import Settings
-from streams.topics import ORDER_EVENTS
 
 from .workload import make_workload
 

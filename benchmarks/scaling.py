@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from streams.catalogue import CUSTOMER_FACTS, ORDER_EVENTS, USER_EVENTS
 from streams.settings import Settings
-from streams.topics import CUSTOMER_FACTS, ORDER_EVENTS, USER_EVENTS
 
 from .drain import Progress, cpu_seconds, log, ready, start, stop, wait_until
 

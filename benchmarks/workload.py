@@ -17,10 +17,9 @@ from aiokafka import AIOKafkaProducer
 
 from schemas.codecs import CONTENT_TYPE_AVRO, EventCodec
 from schemas.envelope import CONTENT_TYPE_JSON, Envelope, encode_envelope, new_event
+from streams.catalogue import ORDER_EVENTS, USER_EVENTS, key_of
 from streams.outputs import BatchSender, KeyPartitioner
-from streams.produce import key_of
 from streams.settings import Settings
-from streams.topics import ORDER_EVENTS, USER_EVENTS
 from tables.readmodels.customers import apply_user_created, customer_view, empty_customer
 from tables.readmodels.orders import apply_order_event
 

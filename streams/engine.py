@@ -54,6 +54,7 @@ from tables.changelog import CHANGELOG, apply_changelog
 from tables.store import PartitionStore, RocksDBOptions
 
 from .assignor import HostAwareRangeAssignor
+from .catalogue import changelog_spec
 from .checkpoint import Batch, BatchCommit
 from .failures import FailureRouter, Outcome, RetryPolicy, retry_topic
 from .metrics import EngineMetrics
@@ -61,7 +62,6 @@ from .outputs import KeyPartitioner
 from .projection import Projection
 from .settings import Settings
 from .standby import StandbyReplicas
-from .topics import changelog_spec
 from .transport import Consumer, KafkaTransport, RecordSender, Transport
 
 logger = logging.getLogger(__name__)

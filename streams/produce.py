@@ -9,19 +9,8 @@ from aiokafka import AIOKafkaProducer
 
 from schemas.envelope import Envelope, encode_envelope
 
+from .catalogue import key_of
 from .settings import Settings
-
-KEY_FIELDS = {"order": "orderId", "user": "userId"}
-
-
-def key_of(event: Envelope) -> str:
-    """The Kafka key of an event: the id of the entity it is about (DESIGN.md)."""
-    entity = event.name.split(".", 1)[0]
-    field = KEY_FIELDS.get(entity, f"{entity}Id")
-    key = event.data.get(field)
-    if not isinstance(key, str) or not key:
-        raise ValueError(f"{event.name} event {event.id} has no data.{field} to key it by")
-    return key
 
 
 class EventPublisher:

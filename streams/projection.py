@@ -18,15 +18,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
-
-from aiokafka.structs import ConsumerRecord
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from schemas.codecs import EventCodec
 from tables.transaction import Transaction
 
+from .catalogue import TopicSpec
+
+if TYPE_CHECKING:
+    from aiokafka.structs import ConsumerRecord
 from .settings import Settings
-from .topics import TopicSpec
 
 
 @dataclass(frozen=True)

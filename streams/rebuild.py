@@ -54,11 +54,7 @@ import contextlib
 import logging
 import shutil
 import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -80,34 +76,21 @@ from .exceptions import (
 )
 from .failures import STATE_PREFIX, retry_topic
 from .projection import BatchContext, Projection
+from .rebuild_state import (
+    ABORTED,
+    FAILED,
+    RUNNING,
+    SWITCHED,
+    PartitionProgress,
+    Rebuild,
+    RebuildPhase,
+    RebuildState,
+    iso_time,
+)
 
 logger = logging.getLogger(__name__)
 
 
-class RebuildState(StrEnum):
-    """How a rebuild ended, or that it still runs."""
-
-    IDLE = "idle"
-    """No rebuild of the table ran on this worker (status only)."""
-    RUNNING = "running"
-    SWITCHED = "switched"
-    ABORTED = "aborted"
-    FAILED = "failed"
-
-
-class RebuildPhase(StrEnum):
-    """Where a running rebuild is."""
-
-    STARTING = "starting"
-    REPLAYING = "replaying"
-    SWITCHING = "switching"
-    DONE = "done"
-
-
-RUNNING = RebuildState.RUNNING
-SWITCHED = RebuildState.SWITCHED
-ABORTED = RebuildState.ABORTED
-FAILED = RebuildState.FAILED
 SHADOW_SUFFIX = ".rebuild"
 """The shadow of table T lives in ``tables/T.rebuild/<partition>``."""
 PROGRESS_LOG_SECONDS = 5.0
@@ -118,126 +101,6 @@ ABORT_WAIT_SECONDS = 30.0
 
 class _Aborted(Exception):
     """The table's partitions changed under the rebuild."""
-
-
-@dataclass
-class PartitionProgress:
-    """Where the shadow of one source partition stands."""
-
-    start: int
-    """First offset of the partition when the rebuild started."""
-    position: int
-    """Next offset the shadow reads."""
-    target: int
-    """One past the offset the live store has applied: the shadow stops there."""
-
-
-def _iso(when: float | None) -> str | None:
-    if when is None:
-        return None
-    return datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds")
-
-
-@dataclass
-class Rebuild:
-    """One rebuild of one table on this worker, and its progress."""
-
-    table: str
-    """The read model being rebuilt."""
-    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-    """Tells this rebuild from a later one of the same table."""
-    state: RebuildState = RebuildState.RUNNING
-    """running, switched, aborted or failed."""
-    phase: RebuildPhase = RebuildPhase.STARTING
-    """While running: starting, replaying, switching; then done."""
-    reason: str | None = None
-    """Why it was aborted or failed."""
-    started_at: float = field(default_factory=time.time)
-    started: float = field(default_factory=time.monotonic)
-    finished_at: float | None = None
-    finished: float | None = None
-    partitions: dict[TopicPartition, PartitionProgress] = field(default_factory=dict)
-    """Source partition → its progress."""
-    applied: int = 0
-    """Records the projection applied."""
-    invalid: int = 0
-    """Records the projection rejected as bad input (live: dead-lettered)."""
-    failed: int = 0
-    """Records whose handler raised (live: retried)."""
-    changelog_records: int = 0
-    """Keys written to the changelog at the switch."""
-    tombstones: int = 0
-    """Live keys the rebuilt model does not have, deleted at the switch."""
-    task: asyncio.Task[None] | None = field(default=None, repr=False)
-
-    @property
-    def done(self) -> int:
-        """Source records replayed so far."""
-        return sum(p.position - p.start for p in self.partitions.values())
-
-    @property
-    def total(self) -> int:
-        """Source records to replay (grows while the live model advances)."""
-        return sum(max(p.target, p.position) - p.start for p in self.partitions.values())
-
-    @property
-    def remaining(self) -> int:
-        """Records between the shadow and the live position."""
-        return sum(max(0, p.target - p.position) for p in self.partitions.values())
-
-    @property
-    def percent(self) -> float:
-        """Share of the records replayed (0 before the partitions are known)."""
-        if self.total:
-            return 100.0 * self.done / self.total
-        return 0.0 if self.phase in (RebuildPhase.STARTING, RebuildPhase.REPLAYING) else 100.0
-
-    @property
-    def elapsed(self) -> float:
-        return (self.finished or time.monotonic()) - self.started
-
-    def progress(self) -> str:
-        """One line: records done of total, percentage, rate, rejects."""
-        done, total = self.done, self.total
-        percent = self.percent
-        rate = done / self.elapsed if self.elapsed > 0 else 0.0
-        return (
-            f"{done:,}/{total:,} records ({percent:.1f}%), {rate:,.0f} records/s, "
-            f"{self.invalid:,} invalid, {self.failed:,} failed"
-        )
-
-    def status(self) -> dict[str, Any]:
-        """The JSON document of ``GET /admin/rebuild/<table>``."""
-        done, total, elapsed = self.done, self.total, self.elapsed
-        return {
-            "id": self.id,
-            "table": self.table,
-            "state": self.state.value,
-            "phase": self.phase.value,
-            "reason": self.reason,
-            "startedAt": _iso(self.started_at),
-            "finishedAt": _iso(self.finished_at),
-            "elapsedSeconds": round(elapsed, 3),
-            "recordsDone": done,
-            "recordsTotal": total,
-            "percent": round(self.percent, 1),
-            "ratePerSecond": round(done / elapsed, 1) if elapsed > 0 else 0.0,
-            "recordsApplied": self.applied,
-            "recordsInvalid": self.invalid,
-            "recordsFailed": self.failed,
-            "changelogRecords": self.changelog_records,
-            "tombstones": self.tombstones,
-            "partitions": [
-                {
-                    "topic": tp.topic,
-                    "partition": tp.partition,
-                    "start": p.start,
-                    "position": p.position,
-                    "target": p.target,
-                }
-                for tp, p in sorted(self.partitions.items())
-            ],
-        }
 
 
 class RebuildManager:
@@ -294,7 +157,7 @@ class RebuildManager:
         if current is not None and current.state == RUNNING:
             raise RebuildRunningError(
                 f"a rebuild of {table!r} is already running on {self.engine.settings.web_url} "
-                f"(since {_iso(current.started_at)}); follow it with GET /admin/rebuild/{table}"
+                f"(since {iso_time(current.started_at)}); follow it with GET /admin/rebuild/{table}"
             )
         if not self.engine.ready:
             raise RebuildUnavailableError(
@@ -322,46 +185,79 @@ class RebuildManager:
     # -- the rebuild ---------------------------------------------------------
 
     async def _run(self, rebuild: Rebuild, projection: Projection) -> None:
-        engine = self.engine
+        """Replay, switch, and record how it ended; clean up what was not switched."""
         table = rebuild.table
-        live = engine.live_stores(table)
+        live = self.engine.live_stores(table)
         shadows: dict[int, PartitionStore] = {}
         consumer = self.reader(table)
-        switched = False
         logger.info("rebuild of %s started for partitions %s", table, sorted(live))
         try:
             for p in live:
                 path = self.shadow_path(table, p)
                 shutil.rmtree(path, ignore_errors=True)  # left by a crash
-                shadows[p] = PartitionStore(path, engine.rocksdb)
+                shadows[p] = PartitionStore(path, self.engine.rocksdb)
             await consumer.start()
             await self._seek_to_beginning(consumer, rebuild, projection, live)
-            rebuild.phase = RebuildPhase.REPLAYING
-            gap = engine.settings.batch_max_records
-            next_log = time.monotonic() + PROGRESS_LOG_SECONDS
-            while True:
-                self._refresh_targets(rebuild, live)
-                if rebuild.remaining <= gap:
-                    break
-                await self._step(consumer, rebuild, projection, shadows)
-                if time.monotonic() >= next_log:
-                    logger.info("rebuild of %s: %s", table, rebuild.progress())
-                    next_log = time.monotonic() + PROGRESS_LOG_SECONDS
-                await asyncio.sleep(0)  # let the live engine and queries in
-            async with engine.exclusive():
-                rebuild.phase = RebuildPhase.SWITCHING
-                self._refresh_targets(rebuild, live)
-                deadline = time.monotonic() + FINISH_TIMEOUT_SECONDS
-                while rebuild.remaining > 0:
-                    if time.monotonic() > deadline:
-                        raise RebuildError(
-                            f"could not apply the last {rebuild.remaining:,} records within "
-                            f"{FINISH_TIMEOUT_SECONDS:.0f}s while the live model waited"
-                        )
-                    await self._step(consumer, rebuild, projection, shadows)
-                await self._switch(rebuild, projection, live, shadows)
-                switched = True
-            rebuild.state = SWITCHED
+            await self._replay(consumer, rebuild, projection, live, shadows)
+            async with self.engine.exclusive():
+                await self._finish(consumer, rebuild, projection, live, shadows)
+            self._ended(rebuild, SWITCHED)
+        except (asyncio.CancelledError, _Aborted) as exc:
+            self._ended(rebuild, ABORTED, rebuild.reason or str(exc) or "cancelled")
+        except Exception as exc:
+            self._ended(rebuild, FAILED, exc)
+        finally:
+            await self._clean_up(consumer, rebuild, shadows)
+
+    async def _replay(
+        self,
+        consumer: AIOKafkaConsumer,
+        rebuild: Rebuild,
+        projection: Projection,
+        live: dict[int, PartitionStore],
+        shadows: dict[int, PartitionStore],
+    ) -> None:
+        """Apply the sources until at most one batch is left to the live position."""
+        rebuild.phase = RebuildPhase.REPLAYING
+        gap = self.engine.settings.batch_max_records
+        next_log = time.monotonic() + PROGRESS_LOG_SECONDS
+        while True:
+            self._refresh_targets(rebuild, live)
+            if rebuild.remaining <= gap:
+                return
+            await self._step(consumer, rebuild, projection, shadows)
+            if time.monotonic() >= next_log:
+                logger.info("rebuild of %s: %s", rebuild.table, rebuild.progress())
+                next_log = time.monotonic() + PROGRESS_LOG_SECONDS
+            await asyncio.sleep(0)  # let the live engine and queries in
+
+    async def _finish(
+        self,
+        consumer: AIOKafkaConsumer,
+        rebuild: Rebuild,
+        projection: Projection,
+        live: dict[int, PartitionStore],
+        shadows: dict[int, PartitionStore],
+    ) -> None:
+        """Apply the last records up to the live position and switch (the engine
+        is held still by the caller)."""
+        rebuild.phase = RebuildPhase.SWITCHING
+        self._refresh_targets(rebuild, live)
+        deadline = time.monotonic() + FINISH_TIMEOUT_SECONDS
+        while rebuild.remaining > 0:
+            if time.monotonic() > deadline:
+                raise RebuildError(
+                    f"could not apply the last {rebuild.remaining:,} records within "
+                    f"{FINISH_TIMEOUT_SECONDS:.0f}s while the live model waited"
+                )
+            await self._step(consumer, rebuild, projection, shadows)
+        await self._switch(rebuild, projection, live, shadows)
+
+    def _ended(self, rebuild: Rebuild, state: RebuildState, why: str | Exception = "") -> None:
+        """Record and log how the rebuild ended."""
+        rebuild.state = state
+        table = rebuild.table
+        if state is SWITCHED:
             logger.info(
                 "rebuild of %s switched: %s; %d keys and %d tombstones written to %s in %.1fs; "
                 "queries use the rebuilt model",
@@ -369,41 +265,42 @@ class RebuildManager:
                 rebuild.progress(),
                 rebuild.changelog_records,
                 rebuild.tombstones,
-                engine.changelog_topic(table),
+                self.engine.changelog_topic(table),
                 rebuild.elapsed,
             )
-        except (asyncio.CancelledError, _Aborted) as exc:
-            rebuild.state = ABORTED
-            rebuild.reason = rebuild.reason or str(exc) or "cancelled"
+        elif state is ABORTED:
+            rebuild.reason = str(why)
             logger.warning(
-                "rebuild of %s aborted: %s; the live read model is unchanged",
-                table,
-                rebuild.reason,
+                "rebuild of %s aborted: %s; the live read model is unchanged", table, why
             )
-        except Exception as exc:
-            rebuild.state = FAILED
-            if isinstance(exc, RebuildError):
-                rebuild.reason = str(exc)
-                logger.error("rebuild of %s failed: %s", table, exc)
-            else:
-                rebuild.reason = f"{type(exc).__name__}: {exc}"
-                logger.exception("rebuild of %s failed", table)
-        finally:
-            rebuild.phase = RebuildPhase.DONE
-            rebuild.finished = time.monotonic()
-            rebuild.finished_at = time.time()
-            try:
-                await consumer.stop()
-            except Exception as exc:  # a failed start leaves nothing to stop
-                logger.debug("rebuild consumer stop: %s", exc)
-            if not switched:
-                for p, shadow in shadows.items():
-                    try:
-                        shadow.destroy()
-                    except Exception:  # closed already
-                        shutil.rmtree(self.shadow_path(table, p), ignore_errors=True)
-            with contextlib.suppress(OSError):  # absent, or not empty
-                self.shadow_path(table, 0).parent.rmdir()
+        elif isinstance(why, RebuildError):
+            rebuild.reason = str(why)
+            logger.error("rebuild of %s failed: %s", table, why)
+        else:
+            rebuild.reason = f"{type(why).__name__}: {why}"
+            logger.error(
+                "rebuild of %s failed", table, exc_info=why if isinstance(why, Exception) else None
+            )
+
+    async def _clean_up(
+        self, consumer: AIOKafkaConsumer, rebuild: Rebuild, shadows: dict[int, PartitionStore]
+    ) -> None:
+        """Stop the consumer; remove the shadows unless they became the live stores."""
+        rebuild.phase = RebuildPhase.DONE
+        rebuild.finished = time.monotonic()
+        rebuild.finished_at = time.time()
+        try:
+            await consumer.stop()
+        except Exception as exc:  # a failed start leaves nothing to stop
+            logger.debug("rebuild consumer stop: %s", exc)
+        if rebuild.state is not SWITCHED:
+            for p, shadow in shadows.items():
+                try:
+                    shadow.destroy()
+                except Exception:  # closed already
+                    shutil.rmtree(self.shadow_path(rebuild.table, p), ignore_errors=True)
+        with contextlib.suppress(OSError):  # absent, or not empty
+            self.shadow_path(rebuild.table, 0).parent.rmdir()
 
     async def _seek_to_beginning(
         self,

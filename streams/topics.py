@@ -1,4 +1,4 @@
-"""The topic catalogue and its creation on the broker.
+"""Topic creation on the broker: the one path by which Eventide makes topics.
 
 Source topics are created explicitly, with the configured partition count,
 before a worker or producer uses them: the dev broker runs with topic
@@ -17,74 +17,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
+from .catalogue import CATALOGUE, TopicSpec
 from .exceptions import BrokerError, TopicConfigError
 from .failures import dlq_topic, retry_topic
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TopicSpec:
-    """One topic of the catalogue."""
-
-    name: str
-    """Name without the configured prefix."""
-    key: str
-    """What the Kafka key is (documentation and error messages)."""
-    description: str
-    """What flows on the topic."""
-    consumed: bool = True
-    """Projections consume it: it gets ``<name>.retry`` and ``<name>.dlq`` companions."""
-    retention_ms: int | None = None
-    """``retention.ms`` of the topic when Eventide creates it (-1: keep forever);
-    None: the broker's default."""
-    compacted: bool = False
-    """``cleanup.policy=compact`` (a table's changelog: the last value per key)."""
-
-    def configs(self) -> dict[str, str]:
-        """Topic configuration set when Eventide creates it."""
-        configs = {}
-        if self.retention_ms is not None:
-            configs["retention.ms"] = str(self.retention_ms)
-        if self.compacted:
-            configs["cleanup.policy"] = "compact"
-        return configs
-
-
-def changelog_spec(settings: Settings, table: str) -> TopicSpec:
-    """The changelog topic of ``table`` (name without the configured prefix)."""
-    return TopicSpec(
-        f"{settings.app_id}-{table}-changelog",
-        "the table's key",
-        f"changelog of the {table} table: its changed keys and applied offsets",
-        consumed=False,
-        compacted=True,
-    )
-
-
-KEEP_FOREVER = -1
-
-USER_EVENTS = TopicSpec("user-events", "userId", "user.* events", retention_ms=KEEP_FOREVER)
-ORDER_EVENTS = TopicSpec("order-events", "orderId", "order.* events", retention_ms=KEEP_FOREVER)
-
-CUSTOMER_FACTS = TopicSpec(
-    "customer-facts",
-    "customerId",
-    "repartition: per-order facts for the customers read model, co-partitioned with user-events",
-    retention_ms=KEEP_FOREVER,
-)
-ORDER_VIEWS = TopicSpec(
-    "order-views", "orderId", "every change of the orders read model", consumed=False
-)
-
-CATALOGUE: tuple[TopicSpec, ...] = (USER_EVENTS, ORDER_EVENTS, CUSTOMER_FACTS, ORDER_VIEWS)
 
 
 async def ensure_topics(settings: Settings) -> list[str]:
@@ -113,51 +56,56 @@ async def create_topics(settings: Settings, specs: Sequence[TopicSpec]) -> list[
             "is the broker running? `eventide broker start` starts the dev broker"
         ) from exc
     try:
-        names = []
         configs: dict[str, dict[str, str]] = {}
         for spec in specs:
             name = settings.topic(spec.name)
-            names.append(name)
             configs[name] = spec.configs()
             if spec.consumed:
-                names += [retry_topic(name), dlq_topic(name)]
+                configs[retry_topic(name)] = configs[dlq_topic(name)] = {}
         existing = set(await admin.list_topics())
-        missing = [n for n in names if n not in existing]
+        missing = [n for n in configs if n not in existing]
         if missing:
-            response = await admin.create_topics(
-                [
-                    NewTopic(
-                        n,
-                        settings.partitions,
-                        settings.replication_factor,
-                        topic_configs=configs.get(n, {}),
-                    )
-                    for n in missing
-                ]
-            )
-            for name, code, message in (e[:3] for e in response.topic_errors):
-                # 36: created meanwhile by another process, which is fine.
-                if code not in (0, TopicAlreadyExistsError.errno):
-                    raise TopicConfigError(
-                        f"could not create topic {name!r}: {message} (code {code})"
-                    )
-            logger.info("created topics %s with %d partitions", missing, settings.partitions)
-        present = [n for n in names if n in existing]
+            await _create(admin, settings, {n: configs[n] for n in missing})
+        present = [n for n in configs if n in existing]
         if present:
-            for meta in await admin.describe_topics(present):
-                count = len(meta["partitions"])
-                if count != settings.partitions:
-                    raise TopicConfigError(
-                        f"topic {meta['topic']!r} has {count} partitions but "
-                        f"EVENTIDE_PARTITIONS={settings.partitions}; set EVENTIDE_PARTITIONS="
-                        f"{count} or recreate the topic"
-                    )
-            kept = [n for n in present if "retention.ms" in configs.get(n, {})]
+            await _check_partitions(admin, settings, present)
+            kept = [n for n in present if "retention.ms" in configs[n]]
             if kept:
                 await _warn_on_retention(admin, kept, configs)
         return missing
     finally:
         await admin.close()
+
+
+async def _create(
+    admin: AIOKafkaAdminClient, settings: Settings, configs: dict[str, dict[str, str]]
+) -> None:
+    """Create topics (name → configuration) with the configured layout."""
+    response = await admin.create_topics(
+        [
+            NewTopic(n, settings.partitions, settings.replication_factor, topic_configs=c)
+            for n, c in configs.items()
+        ]
+    )
+    for name, code, message in (e[:3] for e in response.topic_errors):
+        # 36: created meanwhile by another process, which is fine.
+        if code not in (0, TopicAlreadyExistsError.errno):
+            raise TopicConfigError(f"could not create topic {name!r}: {message} (code {code})")
+    logger.info("created topics %s with %d partitions", list(configs), settings.partitions)
+
+
+async def _check_partitions(
+    admin: AIOKafkaAdminClient, settings: Settings, names: list[str]
+) -> None:
+    """Raise :class:`TopicConfigError` for an existing topic with another partition count."""
+    for meta in await admin.describe_topics(names):
+        count = len(meta["partitions"])
+        if count != settings.partitions:
+            raise TopicConfigError(
+                f"topic {meta['topic']!r} has {count} partitions but "
+                f"EVENTIDE_PARTITIONS={settings.partitions}; set EVENTIDE_PARTITIONS="
+                f"{count} or recreate the topic"
+            )
 
 
 async def _warn_on_retention(

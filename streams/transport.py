@@ -23,9 +23,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.structs import ConsumerRecord
 
 from .assignor import HostAwareRangeAssignor
+from .catalogue import TopicSpec
 from .outputs import BatchSender
 from .settings import Settings
-from .topics import TopicSpec, create_topics
+from .topics import create_topics
 
 
 class Acks(Protocol):

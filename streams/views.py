@@ -92,6 +92,14 @@ def register_views(
         if cls.spec.query is not None:
             _register_query(app, query, cls.spec.name, cls.spec.query)
 
+    _register_status(app, engine)
+    if rebuilds is not None:
+        _register_rebuild(app, rebuilds)
+    if engine.settings.admin_endpoints:
+        _register_admin(app, engine)
+
+
+def _register_status(app: faust.App, engine: ProjectionEngine) -> None:
     @app.page("/health")
     class Health(View):
         async def get(self, request: Request) -> Response:
@@ -111,23 +119,20 @@ def register_views(
                 engine.metrics.exposition(), headers={"Content-Type": METRICS_CONTENT_TYPE}
             )
 
-    if rebuilds is not None:
-        _register_rebuild(app, rebuilds)
 
-    if engine.settings.admin_endpoints:
-
-        @app.page("/admin/{action}")
-        class Admin(View):
-            async def post(self, request: Request, action: str) -> Response:
-                consumer = engine.consumer
-                if action not in ("pause", "resume") or consumer is None:
-                    return self.json({"error": f"unknown action {action!r}"}, status=404)
-                partitions = sorted(consumer.assignment())
-                if action == "pause":
-                    consumer.pause(*partitions)
-                else:
-                    consumer.resume(*partitions)
-                return self.json({"action": action, "partitions": [str(tp) for tp in partitions]})
+def _register_admin(app: faust.App, engine: ProjectionEngine) -> None:
+    @app.page("/admin/{action}")
+    class Admin(View):
+        async def post(self, request: Request, action: str) -> Response:
+            consumer = engine.consumer
+            if action not in ("pause", "resume") or consumer is None:
+                return self.json({"error": f"unknown action {action!r}"}, status=404)
+            partitions = sorted(consumer.assignment())
+            if action == "pause":
+                consumer.pause(*partitions)
+            else:
+                consumer.resume(*partitions)
+            return self.json({"action": action, "partitions": [str(tp) for tp in partitions]})
 
 
 def _register_query(app: faust.App, query: QueryHandler, table: str, spec: Query) -> None:

@@ -34,7 +34,7 @@ import asyncpg
 import orjson
 
 from schemas.envelope import Envelope, decode_envelope, encode_envelope
-from streams.produce import key_of
+from streams.catalogue import key_of
 
 from ..exceptions import ConcurrencyError, IdempotencyKeyReusedError, StoreError
 from .base import (

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import orjson
 
 from schemas.envelope import Envelope, decode_envelope, encode_envelope
-from streams.produce import key_of
+from streams.catalogue import key_of
 
 from ..exceptions import IdempotencyKeyReusedError, StoreError
 from .base import (

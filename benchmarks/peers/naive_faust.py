@@ -17,8 +17,8 @@ from faust.worker import Worker
 from eventide.app import faust_options
 from schemas.codecs import EventCodec
 from schemas.exceptions import EventError
+from streams.catalogue import ORDER_EVENTS
 from streams.settings import Settings
-from streams.topics import ORDER_EVENTS
 from tables.readmodels.orders import apply_order_event
 
 logger = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ from quixstreams import Application, State
 
 from schemas.codecs import EventCodec
 from schemas.exceptions import EventError
+from streams.catalogue import ORDER_EVENTS
 from streams.settings import Settings
-from streams.topics import ORDER_EVENTS
 from tables.readmodels.orders import apply_order_event
 
 

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from schemas.envelope import Envelope, new_event
+from streams.catalogue import ORDER_EVENTS
 from streams.produce import EventPublisher
 from streams.settings import Settings
-from streams.topics import ORDER_EVENTS, ensure_topics
+from streams.topics import ensure_topics
 
 SKUS = [("sku-book", 12.5), ("sku-mug", 8.0), ("sku-lamp", 39.9), ("sku-tea", 4.25)]
 CARRIERS = ["DHL", "UPS", "PostNL", "GLS"]

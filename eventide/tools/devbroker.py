@@ -36,7 +36,8 @@ from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
+"""The checkout: deploy/kafka/ holds the broker's Maven project."""
 KAFKA_DIR = ROOT / "deploy" / "kafka"
 POM = KAFKA_DIR / "pom.xml"
 LIBS = KAFKA_DIR / "target" / "libs"

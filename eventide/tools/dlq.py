@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from streams.catalogue import CATALOGUE
 from streams.failures import DLQ_HEADERS, DLQ_SUFFIX
 from streams.settings import Settings
-from streams.topics import CATALOGUE
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from schemas.envelope import Envelope, decode_envelope
 from schemas.exceptions import EventError
+from streams.catalogue import ORDER_EVENTS, USER_EVENTS
 from streams.exceptions import BrokerError
 from streams.settings import Settings
-from streams.topics import ORDER_EVENTS, USER_EVENTS
 
 
 @dataclass(frozen=True)

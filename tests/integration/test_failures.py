@@ -16,9 +16,10 @@ from aiokafka import AIOKafkaProducer
 from eventide.tools.demo import fetch_json
 from eventide.tools.dlq import DeadLetter, read_dead_letters
 from schemas import encode_envelope, new_event
+from streams.catalogue import ORDER_EVENTS
 from streams.outputs import KeyPartitioner
 from streams.settings import Settings
-from streams.topics import ORDER_EVENTS, ensure_topics
+from streams.topics import ensure_topics
 from tests.fixtures.worker import settings_env
 
 pytestmark = pytest.mark.integration

@@ -20,10 +20,10 @@ from benchmarks.crash import publish_slowly, wait_drained
 from benchmarks.workload import Workload, make_workload
 from schemas.codecs import EventCodec
 from schemas.envelope import encode_envelope
+from streams.catalogue import ORDER_EVENTS, USER_EVENTS, key_of
 from streams.outputs import KeyPartitioner
-from streams.produce import key_of
 from streams.settings import Settings
-from streams.topics import ORDER_EVENTS, USER_EVENTS, ensure_topics
+from streams.topics import ensure_topics
 from tables.readmodels.notifications import KINDS
 
 pytestmark = pytest.mark.integration

@@ -14,8 +14,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from eventide.tools.demo import DemoPlan, fetch_json, plan_orders, publish_plan
 from schemas import encode_envelope, new_event
+from streams.catalogue import ORDER_EVENTS
 from streams.settings import Settings
-from streams.topics import ORDER_EVENTS
 from tables.readmodels.orders import apply_order_event
 
 pytestmark = pytest.mark.integration

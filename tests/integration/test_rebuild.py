@@ -24,11 +24,12 @@ from benchmarks.workload import Workload, expected_state, make_workload, publish
 from eventide.tools.demo import fetch_json
 from eventide.tools.rebuild_client import request_json
 from schemas.codecs import EventCodec
+from streams.catalogue import ORDER_EVENTS, USER_EVENTS
 from streams.engine import ProjectionEngine
 from streams.outputs import KeyPartitioner
 from streams.rebuild import RebuildManager
 from streams.settings import Settings
-from streams.topics import ORDER_EVENTS, USER_EVENTS, ensure_topics
+from streams.topics import ensure_topics
 from tables.readmodels.customers import customer_view
 from tables.store import PartitionStore
 from tests.fixtures.broker import free_port

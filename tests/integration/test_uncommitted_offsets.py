@@ -18,8 +18,9 @@ from aiokafka.structs import OffsetAndMetadata
 
 from benchmarks.crash import audit, lag, wait_drained
 from benchmarks.workload import expected_state, make_workload, publish
+from streams.catalogue import CUSTOMER_FACTS, ORDER_EVENTS, USER_EVENTS
 from streams.settings import Settings
-from streams.topics import CUSTOMER_FACTS, ORDER_EVENTS, USER_EVENTS, ensure_topics
+from streams.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 

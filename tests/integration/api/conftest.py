@@ -19,8 +19,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from api.store import OutboxStore, store_for
 from schemas.envelope import Envelope, decode_envelope
+from streams.catalogue import ORDER_EVENTS, USER_EVENTS
 from streams.settings import Settings
-from streams.topics import ORDER_EVENTS, USER_EVENTS
 from tests.fixtures.worker import ChildProcess, settings_env
 
 

@@ -23,7 +23,8 @@ from streams.exceptions import (
     RebuildUnavailableError,
     UnknownReadModelError,
 )
-from streams.rebuild import FAILED, PartitionProgress, Rebuild, RebuildManager
+from streams.rebuild import RebuildManager
+from streams.rebuild_state import FAILED, PartitionProgress, Rebuild
 from streams.settings import Settings
 from streams.sinks import build_sink
 from streams.views import http_status

@@ -1,0 +1,85 @@
+"""The topic catalogue: every topic Eventide's projections read or write.
+
+Pure data (no Kafka client): projections name their sources and outputs with
+these specs, and :mod:`streams.topics` creates them on the broker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from schemas.envelope import Envelope
+
+if TYPE_CHECKING:
+    from .settings import Settings
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic of the catalogue."""
+
+    name: str
+    """Name without the configured prefix."""
+    key: str
+    """What the Kafka key is (documentation and error messages)."""
+    description: str
+    """What flows on the topic."""
+    consumed: bool = True
+    """Projections consume it: it gets ``<name>.retry`` and ``<name>.dlq`` companions."""
+    retention_ms: int | None = None
+    """``retention.ms`` of the topic when Eventide creates it (-1: keep forever);
+    None: the broker's default."""
+    compacted: bool = False
+    """``cleanup.policy=compact`` (a table's changelog: the last value per key)."""
+
+    def configs(self) -> dict[str, str]:
+        """Topic configuration set when Eventide creates it."""
+        configs = {}
+        if self.retention_ms is not None:
+            configs["retention.ms"] = str(self.retention_ms)
+        if self.compacted:
+            configs["cleanup.policy"] = "compact"
+        return configs
+
+
+def changelog_spec(settings: Settings, table: str) -> TopicSpec:
+    """The changelog topic of ``table`` (name without the configured prefix)."""
+    return TopicSpec(
+        f"{settings.app_id}-{table}-changelog",
+        "the table's key",
+        f"changelog of the {table} table: its changed keys and applied offsets",
+        consumed=False,
+        compacted=True,
+    )
+
+
+KEEP_FOREVER = -1
+
+USER_EVENTS = TopicSpec("user-events", "userId", "user.* events", retention_ms=KEEP_FOREVER)
+ORDER_EVENTS = TopicSpec("order-events", "orderId", "order.* events", retention_ms=KEEP_FOREVER)
+
+CUSTOMER_FACTS = TopicSpec(
+    "customer-facts",
+    "customerId",
+    "repartition: per-order facts for the customers read model, co-partitioned with user-events",
+    retention_ms=KEEP_FOREVER,
+)
+ORDER_VIEWS = TopicSpec(
+    "order-views", "orderId", "every change of the orders read model", consumed=False
+)
+
+CATALOGUE: tuple[TopicSpec, ...] = (USER_EVENTS, ORDER_EVENTS, CUSTOMER_FACTS, ORDER_VIEWS)
+
+
+KEY_FIELDS = {"order": "orderId", "user": "userId"}
+
+
+def key_of(event: Envelope) -> str:
+    """The Kafka key of an event: the id of the entity it is about (DESIGN.md)."""
+    entity = event.name.split(".", 1)[0]
+    field = KEY_FIELDS.get(entity, f"{entity}Id")
+    key = event.data.get(field)
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"{event.name} event {event.id} has no data.{field} to key it by")
+    return key

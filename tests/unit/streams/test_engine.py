@@ -1,0 +1,212 @@
+"""The engine's batch path, driven through an in-memory transport (no broker).
+
+Each test feeds records to ``ProjectionEngine.process`` as ``getmany`` would and
+checks what a user sees: the read model, the changelog, the outputs, the
+committed offsets; crashes are an engine dropped between two steps and a new
+one opened over the same data directory and broker.
+"""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from aiokafka import TopicPartition
+
+from agents.orders import OrdersProjection
+from schemas.codecs import EventCodec
+from schemas.envelope import new_event
+from streams.catalogue import ORDER_EVENTS
+from streams.checkpoint import BatchCommit
+from streams.engine import Lookup, ProjectionEngine
+from streams.failures import Outcome, retry_topic
+from streams.projection import BatchContext, Projection, projection
+from streams.settings import Settings
+from tables.changelog import CHANGELOG, OFFSETS_KEY
+from tables.transaction import TransactionStatus
+
+from .fake_transport import FakeBroker, FakeTransport
+
+SOURCE = TopicPartition("order-events", 0)
+RETRY = TopicPartition(retry_topic("order-events"), 0)
+CODEC = EventCodec()
+
+
+def settings_for(tmp_path) -> Settings:
+    return Settings.from_env(
+        {
+            "EVENTIDE_DATA_DIR": str(tmp_path / "data"),
+            "EVENTIDE_PARTITIONS": "1",
+            "EVENTIDE_RETRY_BACKOFF_MS": "60000",
+        }
+    )
+
+
+async def open_engine(tmp_path, broker: FakeBroker, *projections: type[Projection]):
+    """A worker that was just assigned the source partition (and its retry topic)."""
+    settings = settings_for(tmp_path)
+    chosen = projections or (OrdersProjection,)
+    engine = ProjectionEngine(
+        settings, [cls(settings, CODEC) for cls in chosen], transport=FakeTransport(broker)
+    )
+    engine.transport.consumer.assigned = {SOURCE, RETRY}  # type: ignore[union-attr]
+    await engine.on_assigned([SOURCE, RETRY])
+    return engine
+
+
+def crash(engine: ProjectionEngine) -> None:
+    """kill -9: the stores' files stay as they are; nothing pending is written."""
+    for store in engine.stores.values():
+        store.close()
+
+
+def publish(broker: FakeBroker, *events):
+    for event in events:
+        key = event.data["orderId"].encode()
+        broker.append(SOURCE.topic, 0, key, CODEC.encode_json(event), event.headers())
+    return {SOURCE: list(broker.log(SOURCE.topic))}
+
+
+def placed(order_id: str, total: float = 16.0):
+    items = [{"sku": "sku-mug", "quantity": 2, "unitPrice": total / 2}]
+    data = {"orderId": order_id, "customerId": "c-9", "items": items, "totalAmount": total}
+    return new_event("order.placed", data, source="order-service")
+
+
+def paid(order_id: str, total: float = 16.0):
+    return new_event(
+        "order.payment_confirmed", {"orderId": order_id, "paymentId": "p-1", "amount": total}
+    )
+
+
+def changelog(broker: FakeBroker, engine: ProjectionEngine) -> list[tuple[bytes, object]]:
+    return [
+        (r.key, orjson.loads(r.value) if r.value else None)
+        for r in broker.log(engine.changelog_topic("orders"))
+    ]
+
+
+async def test_a_batch_reaches_the_read_model_changelog_outputs_and_offsets(tmp_path):
+    broker = FakeBroker()
+    engine = await open_engine(tmp_path, broker)
+    batch = publish(broker, placed("o-1"), placed("o-2"), paid("o-1"))
+
+    await engine.process(batch)
+    assert engine.lookup("orders", "o-1")[0] is Lookup.LOCAL
+    assert engine.stores[("orders", 0)].get(b"o-1") is None  # not in RocksDB before its acks
+    await engine.complete_pending()
+
+    where, order = engine.lookup("orders", "o-1")
+    assert (where, order["status"], order["paymentId"]) == (Lookup.LOCAL, "confirmed", "p-1")
+    assert engine.lookup("orders", "o-2")[1]["status"] == "pending"
+    # one changelog record per changed key (o-1 written twice in the batch), then the offsets
+    assert [k for k, _ in changelog(broker, engine)] == [b"o-1", b"o-2", OFFSETS_KEY]
+    assert changelog(broker, engine)[-1] == (OFFSETS_KEY, {"order-events": 2})
+    assert [r.key for r in broker.log("order-views")] == [b"o-1", b"o-2"]  # the net change
+    assert len(broker.log("customer-facts")) == 2
+    assert broker.committed[SOURCE] == 3
+    store = engine.stores[("orders", 0)]
+    assert (store.offset("order-events"), store.offset(CHANGELOG)) == (2, 2)
+
+
+async def test_records_the_store_has_applied_are_skipped(tmp_path):
+    broker = FakeBroker()
+    engine = await open_engine(tmp_path, broker)
+    batch = publish(broker, placed("o-1", total=20.0))
+    await engine.process(batch)
+    await engine.complete_pending()
+
+    await engine.process(batch)  # redelivered, as after a rebalance
+    await engine.complete_pending()
+    assert engine.events_skipped == 1
+    assert engine.lookup("orders", "o-1")[1]["totalAmount"] == 20.0
+    assert len(broker.log("order-views")) == 1  # no output for a skipped record
+    assert [k for k, _ in changelog(broker, engine)] == [b"o-1", OFFSETS_KEY, OFFSETS_KEY]
+
+
+async def test_a_crash_after_the_changelog_restores_the_batch_and_skips_its_redelivery(tmp_path):
+    broker = FakeBroker()
+    first = await open_engine(tmp_path, broker)
+    batch = publish(broker, placed("o-1"), paid("o-1"))
+    await first.process(batch)  # changelog produced; RocksDB and the commit not yet
+    crash(first)
+    assert SOURCE not in broker.committed
+
+    second = await open_engine(tmp_path, broker)  # recovers from the changelog
+    store = second.stores[("orders", 0)]
+    assert (store.offset("order-events"), store.offset(CHANGELOG)) == (1, 1)
+    assert second.lookup("orders", "o-1")[1]["status"] == "confirmed"
+    assert second.transport.consumer.positions[SOURCE] == 2  # type: ignore[union-attr]
+
+    await second.process(batch)  # the group redelivers what was never committed
+    await second.complete_pending()
+    assert second.events_skipped == 2
+    assert len(broker.log("order-views")) == 1
+    assert broker.committed[SOURCE] == 2
+
+
+async def test_a_crash_before_the_changelog_redoes_the_batch_once(tmp_path):
+    broker = FakeBroker()
+    first = await open_engine(tmp_path, broker)
+    batch = publish(broker, placed("o-1"), paid("o-1"))
+    commit = BatchCommit(first)
+    commit.apply(batch)
+    await commit.run_side_effects()
+    await commit.produce_outputs(first.transport.sender)  # type: ignore[arg-type]
+    crash(first)  # between the outputs and the changelog
+
+    second = await open_engine(tmp_path, broker)
+    assert second.lookup("orders", "o-1") == (Lookup.LOCAL, None)
+    await second.process(batch)
+    await second.complete_pending()
+    order = second.lookup("orders", "o-1")[1]
+    assert (order["status"], order["totalAmount"]) == ("confirmed", 16.0)
+    # outputs are at least once: the redone batch emits its view again
+    assert [r.key for r in broker.log("order-views")] == [b"o-1", b"o-1"]
+    assert [k for k, _ in changelog(broker, second)] == [b"o-1", OFFSETS_KEY]
+
+
+@projection("flaky", sources=(ORDER_EVENTS,))
+class Flaky(Projection):
+    """Stores each record's value; fails on b"boom"."""
+
+    def apply(self, ctx: BatchContext, record) -> None:  # type: ignore[no-untyped-def]
+        if record.value == b"boom":
+            raise RuntimeError("the handler failed")
+        ctx.tx.set(record.key, {"value": record.value.decode()})
+
+
+async def test_a_failing_record_waits_in_retry_and_holds_its_key(tmp_path):
+    broker = FakeBroker()
+    engine = await open_engine(tmp_path, broker, Flaky)
+    for key, value in [(b"k1", b"boom"), (b"k2", b"fine"), (b"k1", b"after")]:
+        broker.append(SOURCE.topic, 0, key, value)
+    await engine.process({SOURCE: broker.log(SOURCE.topic)})
+    await engine.complete_pending()
+
+    store = engine.stores[("flaky", 0)]
+    assert store.get(b"k2") == {"value": "fine"}
+    assert store.get(b"k1") is None  # "after" is parked behind the failed record
+    assert engine.outcomes == {Outcome.RETRIED: 1, Outcome.PARKED: 1}
+    retried = broker.log(RETRY.topic)
+    assert [r.value for r in retried] == [b"boom", b"after"]
+    assert dict(retried[0].headers)["x-eventide-attempt"] == b"1"
+    assert broker.committed[SOURCE] == 3  # the source moves on; the retry topic holds k1
+
+    await engine.process({RETRY: retried})  # due in 60 s: the retry partition is held
+    consumer = engine.transport.consumer
+    assert RETRY in consumer.paused and consumer.positions[RETRY] == 0  # type: ignore[union-attr]
+    assert store.get(b"k1") is None
+
+
+async def test_a_failed_batch_leaves_nothing_in_the_store(tmp_path):
+    broker = FakeBroker()
+    engine = await open_engine(tmp_path, broker)
+    batch = publish(broker, placed("o-1"))
+    commit = BatchCommit(engine)
+    commit.apply(batch)
+    commit.fail()
+    (ctx,) = commit.contexts.values()
+    assert ctx.tx.status is TransactionStatus.FAILED
+    with pytest.raises(Exception, match="cannot prepare a failed transaction"):
+        ctx.tx.prepare()
+    assert engine.stores[("orders", 0)].get(b"o-1") is None
