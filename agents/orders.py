@@ -1,7 +1,7 @@
 """The orders projection: ``order-events`` → the ``orders`` table.
 
 Per record: decode the envelope, check it is keyed by its orderId, apply it
-to the order's view (tables/orders.py), and emit the new view to
+to the order's view (tables/readmodels/orders.py), and emit the new view to
 ``order-views`` and, when the customer-relevant part changed, a customer fact
 to ``customer-facts``. Bad input raises an EventError, which the engine logs
 with topic, partition and offset and skips.

@@ -9,7 +9,7 @@ latency is observed for a uniform sample of each batch's records (at most
 :data:`LATENCY_SAMPLES` per batch, every record of small batches), and
 per-event processing time is the batch's time divided by its size.
 
-Served as ``GET /metrics`` on the worker's web port (``tables/views.py``);
+Served as ``GET /metrics`` on the worker's web port (``streams/views.py``);
 the command API can serve its own registry with :func:`exposition`.
 """
 

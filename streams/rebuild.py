@@ -1,8 +1,8 @@
 """Rebuild a read model from its source topics, beside the live one, then switch.
 
-``eventide rebuild <read-model>`` (streams/rebuild_client.py) asks every
+``eventide rebuild <read-model>`` (eventide/tools/rebuild_client.py) asks every
 worker to rebuild its partitions of the table (``POST /admin/rebuild/<table>``,
-tables/views.py) and follows them (``GET``). Event topics keep their whole
+streams/views.py) and follows them (``GET``). Event topics keep their whole
 history (``retention.ms=-1``, streams/topics.py), so a read model is a
 function of its source topics. On a worker, for each partition of the table
 the worker owns, a rebuild:

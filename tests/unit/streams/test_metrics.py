@@ -17,7 +17,7 @@ from eventide.tools import targets
 from streams.metrics import LATENCY_SAMPLES, EngineMetrics
 from tables.store import PartitionStore
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def samples(metrics: EngineMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
