@@ -32,7 +32,14 @@ from streams.settings import Settings
 
 from . import aggregate
 from .aggregate import CommandMeta
-from .exceptions import ApiError, InvalidCommandError
+from .exceptions import (
+    ApiError,
+    ConflictError,
+    IdempotencyKeyReusedError,
+    InvalidCommandError,
+    NotFoundError,
+    StoreError,
+)
 from .metrics import ApiMetrics, RelayMetrics, new_registry
 from .models import CancelOrder, ConfirmPayment, CreateUser, PlaceOrder, ShipOrder
 from .relay import OutboxRelay
@@ -120,10 +127,29 @@ def _validation_errors(errors: list[Any]) -> list[dict[str, Any]]:
     return out
 
 
+STATUS: tuple[tuple[type[ApiError], int], ...] = (
+    (NotFoundError, 404),
+    (ConflictError, 409),
+    (InvalidCommandError, 422),
+    (IdempotencyKeyReusedError, 422),
+    # ConcurrencyError too, when a command lost the race every time it was retried.
+    (StoreError, 503),
+)
+"""The HTTP status of each error class (errors carry none); the first match wins."""
+
+
+def http_status(exc: ApiError) -> int:
+    """The HTTP status the API answers an error with: 500 for an unmapped one."""
+    for cls, status in STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
 def _api_error(exc: ApiError) -> tuple[int, bytes]:
     if isinstance(exc, InvalidCommandError):
-        return 422, _error_body([{"field": exc.field, "reason": exc.reason}])
-    return exc.status, orjson.dumps({"error": str(exc)})
+        return http_status(exc), _error_body([{"field": exc.field, "reason": exc.reason}])
+    return http_status(exc), orjson.dumps({"error": str(exc)})
 
 
 def _checked_header(name: str, value: str | None) -> str | None:

@@ -1,8 +1,10 @@
 """Errors of the command API, its outbox store and its relay.
 
-Each error that reaches a client carries the HTTP status it maps to
-(``status``); the message says what was wrong, with the offending value,
-and what to do.
+Like every :class:`~schemas.exceptions.EventideError`, these carry no HTTP
+status: the API maps each class to its status where it builds the response
+(:func:`api.app.http_status`). The message says what was wrong, with the
+offending value, and what to do; ``retriable`` says whether trying again can
+help.
 """
 
 from __future__ import annotations
@@ -13,26 +15,18 @@ from schemas.exceptions import EventideError
 class ApiError(EventideError):
     """Base class of the command layer's errors."""
 
-    status: int = 500
-
 
 class NotFoundError(ApiError):
-    """The command names an entity that does not exist (HTTP 404)."""
-
-    status = 404
+    """The command names an entity that does not exist."""
 
 
 class ConflictError(ApiError):
-    """The command is not allowed in the entity's current state (HTTP 409),
-    e.g. shipping an order whose payment is not confirmed."""
-
-    status = 409
+    """The command is not allowed in the entity's current state, e.g. shipping
+    an order whose payment is not confirmed."""
 
 
 class InvalidCommandError(ApiError):
-    """The command is well-formed but a field's value cannot be accepted (HTTP 422)."""
-
-    status = 422
+    """The command is well-formed but a field's value cannot be accepted."""
 
     def __init__(self, field: str, reason: str, value: object = None) -> None:
         self.field = field
@@ -42,15 +36,12 @@ class InvalidCommandError(ApiError):
 
 
 class IdempotencyKeyReusedError(ApiError):
-    """An ``Idempotency-Key`` came back with a different request (HTTP 422)."""
-
-    status = 422
+    """An ``Idempotency-Key`` came back with a different request."""
 
 
 class StoreError(ApiError):
-    """The database could not be reached or used; retrying may help (HTTP 503)."""
+    """The database could not be reached or used; retrying may help."""
 
-    status = 503
     retriable = True
 
 

@@ -11,7 +11,8 @@ A transaction moves ``STARTED → PREPARED → COMPLETE``, or to ``FAILED``:
 - **complete** (:meth:`Transaction.flush`): once the broker has acknowledged
   the changelog, the updates, the source offsets and the changelog offset are
   written to RocksDB in one ``WriteBatch``;
-- **failed** (:meth:`Transaction.fail`): abandoned; nothing of it reaches the store.
+- **failed** (:meth:`Transaction.fail`, from started or prepared): abandoned;
+  nothing of it reaches the store.
 
 A transaction may read through a *parent*: the previous batch's transaction,
 prepared but not yet flushed (the engine pipelines one batch deep).
@@ -147,6 +148,14 @@ class Transaction:
         self.flush()
 
     def fail(self) -> None:
-        """Abandon the transaction: nothing of it will reach the store."""
+        """Abandon the transaction: nothing of it will reach the store.
+
+        Allowed until it is complete (failing a failed one changes nothing);
+        a complete transaction is in the store already and cannot fail."""
+        if self.status is TransactionStatus.COMPLETE:
+            raise TransactionStateError(
+                f"cannot fail a complete transaction of {self.store.path}; "
+                "its changes are in the store already"
+            )
         self.status = TransactionStatus.FAILED
         self.parent = None

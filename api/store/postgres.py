@@ -35,6 +35,7 @@ import orjson
 
 from schemas.envelope import Envelope, decode_envelope, encode_envelope
 from streams.catalogue import key_of
+from streams.settings import SecretUrl
 
 from ..exceptions import ConcurrencyError, IdempotencyKeyReusedError, StoreError
 from .base import (
@@ -166,8 +167,6 @@ class PostgresStore(OutboxStore):
         self._appending = False
 
     def __repr__(self) -> str:
-        from streams.settings import SecretUrl
-
         return f"PostgresStore({str(SecretUrl(self._url))!r})"
 
     @property

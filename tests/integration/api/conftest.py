@@ -21,6 +21,7 @@ from api.store import OutboxStore, store_for
 from schemas.envelope import Envelope, decode_envelope
 from streams.catalogue import ORDER_EVENTS, USER_EVENTS
 from streams.settings import Settings
+from tests.fixtures.broker import free_port
 from tests.fixtures.worker import ChildProcess, settings_env
 
 
@@ -30,19 +31,26 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def api_settings(
-    backend: str, make_settings: Callable[..., Settings], tmp_path: Path, request
-) -> Callable[..., Settings]:
-    """Factory: isolated settings whose database is a fresh SQLite file or PG database."""
+def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """A fresh SQLite file or PostgreSQL database; needs no broker."""
     if backend == "postgresql":
-        url = request.getfixturevalue("make_database_url")()
-    else:
-        url = f"sqlite://{tmp_path / 'outbox.sqlite3'}"
+        return str(request.getfixturevalue("make_database_url")())
+    return f"sqlite://{tmp_path / 'outbox.sqlite3'}"
+
+
+@pytest.fixture
+def api_settings(
+    database_url: str, make_settings: Callable[..., Settings]
+) -> Callable[..., Settings]:
+    """Factory: isolated settings with the test broker and a fresh outbox database
+    (for the API and relay processes, which publish to Kafka)."""
 
     def make(**overrides: str) -> Settings:
-        from tests.fixtures.broker import free_port
-
-        env = {"EVENTIDE_DATABASE_URL": url, "EVENTIDE_API_PORT": str(free_port()), **overrides}
+        env = {
+            "EVENTIDE_DATABASE_URL": database_url,
+            "EVENTIDE_API_PORT": str(free_port()),
+            **overrides,
+        }
         return make_settings(**env)
 
     return make
