@@ -409,6 +409,10 @@ def main(argv: list[str] | None = None) -> int:
         if started_broker:
             devbroker.stop(base, log)
 
+    def to_naive(rate: float) -> float:
+        """A rate as a multiple of the naive agent's (nan with --naive-events 0)."""
+        return rate / n["events_per_s"] if n["events_per_s"] else float("nan")
+
     result = {
         "scenario": "drain",
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -427,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         "ceiling": ceil,
         "eventide": e,
         "naive_faust": n,
-        "ratio_eventide_to_naive": e["events_per_s"] / n["events_per_s"],
+        "ratio_eventide_to_naive": to_naive(e["events_per_s"]),
         "rebuild_s": rebuild_s,
         "mismatches": mismatches + rebuilt_mismatches,
     }
@@ -436,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(result, indent=2))
     rows = [
         f"| bare aiokafka consumer, {label} (ceiling, no state) | {total:,} | | "
-        f"{c['events_per_s']:,.0f} | {c['events_per_s'] / n['events_per_s']:.1f}x | "
+        f"{c['events_per_s']:,.0f} | {to_naive(c['events_per_s']):.1f}x | "
         f"{c['cpu_us_per_event']:.1f} |\n"
         for label, c in (
             ("read only", ceil.get("read")),
