@@ -31,6 +31,7 @@ import orjson
 from fastavro import schemaless_reader, schemaless_writer
 
 from .avro_reader import MalformedAvro, Read, Unsupported, compile_reader, read_value
+from .checks import Check, Invalid, run
 from .envelope import CONTENT_TYPE_JSON, Envelope, build_envelope
 from .exceptions import (
     MISSING,
@@ -41,10 +42,11 @@ from .exceptions import (
     UnsupportedVersionError,
     ValidationError,
 )
+from .finite import compile_finite_check
 from .limits import Limits
 from .registry import Registry, SchemaEntry, parse_version
 from .upcasters import Upcaster
-from .validate import Check, Invalid, compile_finite_check, compile_validator, run
+from .validate import compile_validator
 
 MAGIC = b"\x00"
 """First byte of every Avro record (Confluent wire format); a JSON text never starts with it."""
