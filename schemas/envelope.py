@@ -13,6 +13,7 @@ JSON form::
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -198,3 +199,62 @@ def build_envelope(
     s_cause(event, causation_id)
     s_data(event, data)
     return event
+
+
+_fromisoformat = datetime.fromisoformat
+
+
+def check_strings(doc: Mapping[str, Any], max_string: int) -> None:
+    """Raise :class:`ValidationError` for the first of the envelope's string fields that
+    is missing, empty, not a string or longer than ``max_string`` characters."""
+    for key in ("name", "version", "id", "source", "timestamp"):
+        value = doc.get(key, MISSING)
+        if type(value) is not str or not value:
+            raise ValidationError(key, "a non-empty string", value)
+        if len(value) > max_string:
+            raise ValidationError(key, f"a string of at most {max_string} characters", value)
+
+
+def checked_envelope(
+    doc: Mapping[str, Any], version: str, data: dict[str, Any], max_string: int
+) -> Envelope:
+    """The envelope of ``doc`` (its JSON form), checked; the caller has checked its name
+    and version, and brings its ``data`` validated.
+
+    Raises :class:`ValidationError` naming the first field that is wrong.
+    """
+    event_id = doc.get("id")
+    name = doc["name"]
+    timestamp = doc.get("timestamp")
+    source = doc.get("source")
+    correlation_id = doc.get("correlationId")
+    causation_id = doc.get("causationId")
+    if not (
+        type(event_id) is str
+        and type(timestamp) is str
+        and type(source) is str
+        and event_id
+        and source
+        and len(event_id) <= max_string
+        and len(source) <= max_string
+        and len(timestamp) <= 64
+    ):
+        check_strings(doc, max_string)
+        raise ValidationError("timestamp", "an ISO-8601 time of at most 64 characters", timestamp)
+    if correlation_id is not None and (
+        type(correlation_id) is not str or len(correlation_id) > max_string
+    ):
+        raise ValidationError("correlationId", "a string or null", correlation_id)
+    if causation_id is not None and (
+        type(causation_id) is not str or len(causation_id) > max_string
+    ):
+        raise ValidationError("causationId", "a string or null", causation_id)
+    try:
+        _fromisoformat(timestamp)
+    except ValueError:
+        raise ValidationError(
+            "timestamp", "an ISO-8601 time such as 2026-11-27T15:00:00.000Z", timestamp
+        ) from None
+    return build_envelope(
+        event_id, name, timestamp, version, source, correlation_id, causation_id, data
+    )
