@@ -30,7 +30,14 @@ from fastavro import schemaless_reader, schemaless_writer
 from .avro_reader import MalformedAvro, read_value
 from .checks import Check, Invalid, run
 from .content_type import AVRO, CONTENT_TYPE_AVRO, JSON, MAGIC, Headers, classify, form_of
-from .envelope import CONTENT_TYPE_JSON, Envelope, build_envelope, check_strings, checked_envelope
+from .envelope import (
+    CONTENT_TYPE_JSON,
+    Envelope,
+    build_envelope,
+    check_envelope,
+    check_strings,
+    checked_envelope,
+)
 from .exceptions import MISSING, DecodeError, EncodeError, UnknownSchemaError, ValidationError
 from .limits import Limits
 from .read_plans import PLAN_CACHE_LIMIT, ReadPlan, ReadPlans, upcast
@@ -271,7 +278,7 @@ class EventCodec:
         if writer is None:
             writer = self._writer(doc)
         entry, check = writer
-        checked_envelope(doc, event.version, event.data, self._max_string)
+        check_envelope(event, doc, self._max_string)
         run(check, event.data, "data")
         return entry
 
