@@ -6,8 +6,12 @@ JSON form::
      "version": "1.0.0", "source": "order-service", "correlationId": "uuid",
      "causationId": null, "data": {...}}
 
-:func:`decode_envelope` turns bytes into an :class:`Envelope` or raises a
-:class:`~schemas.exceptions.EventError` naming the offending field.
+Events are written and read only through :class:`~schemas.codecs.EventCodec`,
+which checks them against the schema registry; this module holds the
+:class:`Envelope` itself, :func:`new_event` to build one, and the checks of
+its own fields that the codec applies (:func:`checked_envelope`,
+:func:`check_envelope`), each raising a :class:`~schemas.exceptions.ValidationError`
+naming the offending field.
 """
 
 from __future__ import annotations
@@ -18,9 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
-from .exceptions import MISSING, DecodeError, ValidationError
+from .exceptions import MISSING, ValidationError
 
 CONTENT_TYPE_JSON = "application/json"
 
@@ -95,65 +97,6 @@ def new_event(
         causation_id=causation_id,
         data=data,
     )
-
-
-def encode_envelope(event: Envelope) -> bytes:
-    """The JSON bytes of an envelope."""
-    return orjson.dumps(event.to_dict())
-
-
-def decode_envelope(raw: bytes | bytearray | memoryview | None) -> Envelope:
-    """Parse and check the JSON form of an envelope.
-
-    Raises :class:`DecodeError` for bytes that are not a JSON object and
-    :class:`ValidationError` for a missing or mistyped envelope field.
-    """
-    if raw is None:
-        raise DecodeError("empty record: the value is null (a tombstone), expected an envelope")
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise DecodeError(f"value is not valid JSON: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise ValidationError("$", "a JSON object (the envelope)", doc)
-    data = doc.get("data", MISSING)
-    if not isinstance(data, dict):
-        raise ValidationError("data", "an object", data)
-    return Envelope(
-        id=_required_str(doc, "id"),
-        name=_required_str(doc, "name"),
-        timestamp=_timestamp(doc),
-        version=_required_str(doc, "version"),
-        source=_required_str(doc, "source"),
-        correlation_id=_optional_str(doc, "correlationId"),
-        causation_id=_optional_str(doc, "causationId"),
-        data=data,
-    )
-
-
-def _required_str(doc: dict[str, Any], key: str) -> str:
-    value = doc.get(key, MISSING)
-    if not isinstance(value, str) or not value:
-        raise ValidationError(key, "a non-empty string", value)
-    return value
-
-
-def _optional_str(doc: dict[str, Any], key: str) -> str | None:
-    value = doc.get(key)
-    if value is not None and not isinstance(value, str):
-        raise ValidationError(key, "a string or null", value)
-    return value
-
-
-def _timestamp(doc: dict[str, Any]) -> str:
-    value = _required_str(doc, "timestamp")
-    try:
-        datetime.fromisoformat(value)
-    except ValueError:
-        raise ValidationError(
-            "timestamp", "an ISO-8601 time such as 2026-11-27T15:00:00.000Z", value
-        ) from None
-    return value
 
 
 _new = object.__new__

@@ -16,7 +16,6 @@ from schemas import (
     UnknownSchemaError,
     UnsupportedVersionError,
     ValidationError,
-    decode_envelope,
     decode_event,
     new_event,
 )
@@ -113,10 +112,6 @@ def test_decode_event_is_the_one_call_for_agents():
     event = placed()
     assert decode_event(EventCodec().encode_avro(event), None) == event
     assert decode_event(orjson.dumps(DESIGN_EXAMPLE)).data["currency"] is None
-
-
-def test_decode_envelope_still_accepts_what_it_did():
-    assert decode_envelope(orjson.dumps(DESIGN_EXAMPLE)).data == DESIGN_EXAMPLE["data"]
 
 
 @pytest.mark.parametrize(
