@@ -14,8 +14,18 @@ newest schema of the event (defaults filled in, older majors upcast), and
 ``version`` is the version of that shape (the producer's own version when it
 is the newest).
 
+Encoding is the one way every producer writes an event (the command API's
+outbox, the relay's headers, :class:`~streams.produce.EventPublisher`, the
+operator tools): :meth:`EventCodec.encode` writes JSON, or Avro when asked,
+after checking the envelope and the data against the schema of the event's
+name and version; an event without one raises
+:class:`~schemas.exceptions.EncodeError`.
+
 Every failure is a :class:`~schemas.exceptions.EventError` subclass; no
-library exception escapes.
+library exception escapes. The parts: :mod:`schemas.content_type` (which
+form), :mod:`schemas.read_plans` (validators and the way to the newest
+shape), :mod:`schemas.avro_reader` (compiled Avro decoders),
+:mod:`schemas.validate` (compiled validators).
 """
 
 from __future__ import annotations
