@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
 
-from schemas.envelope import decode_envelope
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
@@ -208,9 +207,11 @@ class OutboxRelay:
         assert producer is not None
         sent: list[tuple[OutboxRow, asyncio.Future[object]]] = []
         error: BaseException | None = None
+        codec = self.store.codec
         for row in claim.rows:
             try:
-                headers = decode_envelope(row.value).headers()
+                # The contract's headers, from the event the row holds (checked as any read).
+                headers = codec.headers(codec.decode_json(row.value))
                 fut = await producer.send(
                     row.topic, row.value, key=row.key.encode(), headers=headers
                 )

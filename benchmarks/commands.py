@@ -56,7 +56,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from eventide.tools import devbroker
-from schemas.envelope import decode_envelope
+from schemas.codecs import EventCodec
 from streams.catalogue import ORDER_EVENTS, USER_EVENTS
 from streams.settings import Settings
 
@@ -196,6 +196,7 @@ async def _relay_lags(
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
     await consumer.start()
     lags: dict[str, float] = {}
+    codec = EventCodec(limits=settings.limits)
     try:
         tps = [TopicPartition(t, p) for t in topics for p in range(settings.partitions)]
         consumer.assign(tps)
@@ -205,7 +206,7 @@ async def _relay_lags(
             batch = await consumer.getmany(*tps, timeout_ms=500, max_records=10_000)
             for records in batch.values():
                 for r in records:
-                    event = decode_envelope(r.value)
+                    event = codec.decode_json(r.value)
                     if not event.data["orderId"].startswith(prefix):
                         continue
                     ts = datetime.fromisoformat(event.timestamp).timestamp()

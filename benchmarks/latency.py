@@ -19,7 +19,8 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from schemas.envelope import CONTENT_TYPE_JSON, encode_envelope
+from schemas.codecs import EventCodec
+from schemas.envelope import CONTENT_TYPE_JSON
 from streams.catalogue import ORDER_EVENTS, key_of
 from streams.outputs import KeyPartitioner
 from streams.settings import Settings
@@ -103,7 +104,8 @@ def latency_at_loads(
     """p50/p95/p99 and achieved throughput per offered rate, one worker already running."""
     need = int((sum(rates) + rates[0]) * seconds * 1.1) + 1000
     work = make_workload(need // 2 + 1, max(100, need // 20), seed=seed, duplicate_rate=0.0)
-    values = [(key_of(e).encode(), encode_envelope(e)) for e in work.orders][:need]
+    codec = EventCodec()
+    values = [(key_of(e).encode(), codec.encode_json(e)) for e in work.orders][:need]
     del work
     out = []
     log(f"  warm-up: {rates[0]:,}/s for {seconds:.0f}s, not recorded")

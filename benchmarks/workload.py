@@ -16,7 +16,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from schemas.codecs import CONTENT_TYPE_AVRO, EventCodec
-from schemas.envelope import CONTENT_TYPE_JSON, Envelope, encode_envelope, new_event
+from schemas.envelope import CONTENT_TYPE_JSON, Envelope, new_event
 from streams.catalogue import ORDER_EVENTS, USER_EVENTS, key_of
 from streams.outputs import BatchSender, KeyPartitioner
 from streams.settings import Settings
@@ -188,7 +188,7 @@ async def publish(
             for chunk in _chunks(events, 50_000):
                 for e in chunk:
                     key = key_of(e).encode()
-                    value = codec.encode(e, content_type) if form == "avro" else encode_envelope(e)
+                    value = codec.encode(e, content_type)
                     headers = codec.headers(e, content_type)
                     await sender.append(topic, partition(key), key, value, headers)
                 await sender.flush()

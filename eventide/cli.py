@@ -16,8 +16,8 @@ import uvloop
 
 from api.app import run_api
 from api.relay import run_relay
+from schemas.codecs import EventCodec
 from schemas.compat import check_registry
-from schemas.envelope import encode_envelope
 from schemas.exceptions import EventideError
 from schemas.registry import DEFAULT_ROOT, REGISTRY_FILE, Registry
 from streams.settings import Settings
@@ -191,7 +191,8 @@ def history_command(entity_id: str, as_json: bool) -> None:
     """Print an entity's events in order, read from its topic (key = ENTITY_ID)."""
 
     s = _settings()
-    entries = asyncio.run(entity_history(s, entity_id))
+    codec = EventCodec(limits=s.limits)
+    entries = asyncio.run(entity_history(s, entity_id, codec=codec))
     if not entries:
         click.echo(
             f"no events keyed {entity_id!r} on {s.topic('user-events')}, {s.topic('order-events')}",
@@ -201,7 +202,7 @@ def history_command(entity_id: str, as_json: bool) -> None:
     for e in entries:
         if as_json:
             if e.event is not None:
-                click.echo(encode_envelope(e.event).decode())
+                click.echo(codec.encode_json(e.event).decode())
             continue
         where = f"{e.topic}[{e.partition}]@{e.offset}"
         if e.event is None:

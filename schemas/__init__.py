@@ -1,7 +1,7 @@
 """Event contracts: the envelope, its schemas and registry, codecs and validation errors."""
 
 from .codecs import CONTENT_TYPE_AVRO, EventCodec, decode_event, default_codec
-from .envelope import CONTENT_TYPE_JSON, Envelope, decode_envelope, encode_envelope, new_event
+from .envelope import CONTENT_TYPE_JSON, Envelope, new_event
 from .exceptions import (
     DecodeError,
     EncodeError,
@@ -35,9 +35,7 @@ __all__ = [
     "UnknownSchemaError",
     "UnsupportedVersionError",
     "ValidationError",
-    "decode_envelope",
     "decode_event",
     "default_codec",
-    "encode_envelope",
     "new_event",
 ]

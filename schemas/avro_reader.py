@@ -21,32 +21,44 @@ Hostile input is refused, never trusted:
   :func:`read_value` reports as truncated data; trailing bytes are the
   caller's to report (:func:`read_value` returns the end position).
 
-Schemas are the subset the registry admits (:mod:`schemas.validate`).
-:func:`compile_reader` raises :class:`Unsupported` for what it does not
-handle, such as recursive types, aliases or renamed records, so that the
-caller can fall back to fastavro for those pairs.
+The primitive encodings are read by :mod:`schemas.avro_binary`; named types
+are resolved by :mod:`schemas.avro_names`. Schemas are the subset the
+registry admits (:mod:`schemas.validate`). :func:`compile_reader` raises
+:class:`Unsupported` for what it does not handle, such as recursive types,
+aliases or renamed records, so that the caller can fall back to fastavro for
+those pairs.
 """
 
 from __future__ import annotations
 
 import copy
 import struct
-from collections.abc import Callable
 from typing import Any
 
-Read = Callable[[bytes, int], tuple[Any, int]]
-"""A compiled decoder: the value starting at ``pos`` in ``buf`` and the position after it."""
-
-_INT_LOW, _INT_HIGH = -(2**31), 2**31 - 1
-_unpack_double = struct.Struct("<d").unpack_from
-_unpack_float = struct.Struct("<f").unpack_from
+from .avro_binary import (
+    MIN_SIZES,
+    PRIMITIVE_READERS,
+    PROMOTIONS,
+    UNPACK_DOUBLE,
+    MalformedAvro,
+    Read,
+    read_int,
+    read_long,
+    read_string,
+)
+from .avro_names import (
+    NAMED,
+    PRIMITIVES,
+    Definition,
+    Scope,
+    full_name,
+    is_reference,
+    namespace_of,
+    short_name,
+)
 
 # Field kinds a record decodes inline (anything else calls the field's own decoder).
 _STRING, _LONG, _INT, _DOUBLE, _OPT_STRING, _OTHER = range(6)
-
-
-class MalformedAvro(ValueError):
-    """The bytes are not a value of the writer schema; the message says what is wrong."""
 
 
 class Unsupported(Exception):
@@ -73,47 +85,6 @@ def read_value(read: Read, buf: bytes, pos: int) -> tuple[Any, int]:
     return value, end
 
 
-def read_long(buf: bytes, pos: int) -> tuple[int, int]:
-    """The zig-zag varint at ``pos`` and the position after it; at most 10 bytes, 64 bits."""
-    b = buf[pos]
-    pos += 1
-    n = b & 0x7F
-    shift = 7
-    while b & 0x80:
-        if shift > 63:
-            raise MalformedAvro("a varint is longer than the 10 bytes of a long")
-        b = buf[pos]
-        pos += 1
-        n |= (b & 0x7F) << shift
-        shift += 7
-    if n >> 64:
-        raise MalformedAvro("a varint does not fit in a 64-bit long")
-    return (n >> 1) ^ -(n & 1), pos
-
-
-def read_int(buf: bytes, pos: int) -> tuple[int, int]:
-    """Like :func:`read_long`, refusing values outside 32 bits."""
-    n, pos = read_long(buf, pos)
-    if not _INT_LOW <= n <= _INT_HIGH:
-        raise MalformedAvro(f"int {n} does not fit in 32 bits")
-    return n, pos
-
-
-def read_string(buf: bytes, pos: int) -> tuple[str, int]:
-    """A length-prefixed UTF-8 string (the end may lie past the data: see the module doc)."""
-    b = buf[pos]
-    if b < 0x80:
-        if b & 1:
-            raise MalformedAvro(f"negative string length {-(b >> 1) - 1}")
-        end = pos + 1 + (b >> 1)
-        return buf[pos + 1 : end].decode(), end
-    n, pos = read_long(buf, pos)
-    if n < 0:
-        raise MalformedAvro(f"negative string length {n}")
-    end = pos + n
-    return buf[pos:end].decode(), end
-
-
 def compile_reader(writer: Any, reader: Any | None = None) -> Read:
     """The decoder of data written with ``writer`` into the shape of ``reader``.
 
@@ -125,21 +96,11 @@ def compile_reader(writer: Any, reader: Any | None = None) -> Read:
     return _Compiler().compile(writer, reader, "")
 
 
-def _full_name(schema: dict[str, Any], namespace: str) -> str:
-    name = schema.get("name", "")
-    ns = schema.get("namespace", namespace)
-    return str(name if "." in name or not ns else f"{ns}.{name}")
-
-
-def _short(name: Any) -> Any:
-    return name.rpartition(".")[2] if isinstance(name, str) else name
-
-
 class _Compiler:
     """One compilation: named types of the writer (and reader) resolved as they appear."""
 
     def __init__(self) -> None:
-        self.named: tuple[dict[str, tuple[Any, str]], dict[str, tuple[Any, str]]] = ({}, {})
+        self.named: tuple[Scope[Definition], Scope[Definition]] = (Scope(), Scope())
         """Full name → (definition, its namespace), of the writer and of the reader."""
         self.compiling: set[str] = set()
 
@@ -150,17 +111,16 @@ class _Compiler:
             schema = schema["type"]  # {"type": {...}} wrappers
         if isinstance(schema, dict) and "logicalType" in schema:
             raise Unsupported(f"logical type {schema['logicalType']!r}")
-        if isinstance(schema, dict) and schema.get("type") in _PRIMITIVES:
+        if isinstance(schema, dict) and schema.get("type") in PRIMITIVES:
             schema = schema["type"]
-        if isinstance(schema, str) and schema not in _PRIMITIVES:
-            full = schema if "." in schema or not namespace else f"{namespace}.{schema}"
-            for key in (full, schema):
-                if key in named:
-                    return named[key]
-            raise Unsupported(f"unknown type {schema!r}")
-        if isinstance(schema, dict) and schema.get("type") in ("record", "enum", "fixed"):
-            full = _full_name(schema, namespace)
-            named.setdefault(full, (schema, full.rpartition(".")[0]))
+        if is_reference(schema):
+            found = named.resolve(schema, namespace)
+            if found is None:
+                raise Unsupported(f"unknown type {schema!r}")
+            return found
+        if isinstance(schema, dict) and schema.get("type") in NAMED:
+            full = full_name(schema, namespace)
+            named.define_once(full, (schema, namespace_of(full)))
         return schema, namespace
 
     def compile(self, writer: Any, reader: Any | None, namespace: str, rns: str = "") -> Read:
@@ -174,23 +134,23 @@ class _Compiler:
             return self.into_union(writer, reader, namespace, rns)
         wkind = writer if isinstance(writer, str) else writer.get("type")
         rkind = wkind if reader is None else reader if isinstance(reader, str) else reader["type"]
-        if wkind in _PRIMITIVES:
+        if wkind in PRIMITIVES:
             return self.primitive(wkind, rkind)
         if rkind != wkind:
             raise Unsupported(f"{wkind} read as {rkind}")
         if (
             reader is not None
             and wkind in ("record", "enum")
-            and _short(writer.get("name")) != _short(reader.get("name"))
+            and short_name(writer.get("name", "")) != short_name(reader.get("name", ""))
         ):
             raise Unsupported(f"{wkind} {writer.get('name')} read as {reader.get('name')}")
         if wkind == "record":
-            full = _full_name(writer, namespace)
+            full = full_name(writer, namespace)
             if full in self.compiling:
                 raise Unsupported(f"recursive type {full}")
             self.compiling.add(full)
             try:
-                return self.record(writer, reader, full.rpartition(".")[0], rns)
+                return self.record(writer, reader, namespace_of(full), rns)
             finally:
                 self.compiling.discard(full)
         if wkind == "enum":
@@ -212,11 +172,11 @@ class _Compiler:
 
     def primitive(self, wkind: str, rkind: str) -> Read:
         if rkind == wkind:
-            read = _PRIMITIVE_READERS.get(wkind)
+            read = PRIMITIVE_READERS.get(wkind)
             if read is None:
                 raise Unsupported(f"type {wkind!r}")
             return read
-        promote = _PROMOTIONS.get((wkind, rkind))
+        promote = PROMOTIONS.get((wkind, rkind))
         if promote is None:
             raise Unsupported(f"{wkind} read as {rkind}")
         return promote
@@ -264,8 +224,7 @@ class _Compiler:
 
     def record(self, writer: dict[str, Any], reader: Any | None, ns: str, rns: str) -> Read:
         if reader is not None:
-            rfull = _full_name(reader, rns)
-            rns = rfull.rpartition(".")[0]
+            rns = namespace_of(full_name(reader, rns))
             reader_fields = {f["name"]: f for f in reader.get("fields", [])}
             if any(f.get("aliases") for f in reader.get("fields", [])):
                 raise Unsupported("field aliases")
@@ -323,11 +282,11 @@ class _Compiler:
             return 1
         kind = schema if isinstance(schema, str) else schema.get("type")
         if kind == "record":
-            ns = _full_name(schema, namespace).rpartition(".")[0]
+            ns = namespace_of(full_name(schema, namespace))
             return sum(self.min_size(f["type"], ns) for f in schema.get("fields", []))
         if kind == "fixed":
             return int(schema.get("size", 0))
-        return _MIN_SIZES.get(kind, 1)
+        return MIN_SIZES.get(kind, 1)
 
     def blocks(self, item: Read | None, value: Read | None, item_size: int) -> Read:
         """An array (``item``) or a map (``value``): blocks of items until a zero count.
@@ -388,6 +347,12 @@ def _record_reader(
     defaults: tuple[tuple[str, Any], ...],
     dropped: bool,
 ) -> Read:
+    """The decoder of a record: its fields in writer order, then the reader's defaults.
+
+    Kept in one piece (about 65 lines): it is the hot path of every Avro
+    decode, and its loop decodes the common field kinds inline, reading its
+    constants from closure cells, with no call per field.
+    """
     # Runs of consecutive fields of one inline kind become one segment, read in a
     # tight loop: (kind, names, the decoder of an _OTHER field).
     segments: list[tuple[int, tuple[str | None, ...], Read]] = []
@@ -397,7 +362,7 @@ def _record_reader(
         else:
             segments.append((kind, (name,), read))
     steps = tuple(segments)
-    unpack_double = _unpack_double
+    unpack_double = UNPACK_DOUBLE
     mutable = (list, dict)
 
     def read_record(buf: bytes, pos: int) -> tuple[Any, int]:
@@ -466,51 +431,3 @@ def _unreadable(writer: Any, reader: Any) -> Read:
         raise MalformedAvro(f"the data holds a {writer!r}, which the reader's {reader!r} cannot")
 
     return read_unreadable
-
-
-def _read_null(buf: bytes, pos: int) -> tuple[Any, int]:
-    return None, pos
-
-
-def _read_boolean(buf: bytes, pos: int) -> tuple[Any, int]:
-    b = buf[pos]
-    if b > 1:
-        raise MalformedAvro(f"boolean byte {b} is neither 0 nor 1")
-    return b == 1, pos + 1
-
-
-def _read_double(buf: bytes, pos: int) -> tuple[Any, int]:
-    return _unpack_double(buf, pos)[0], pos + 8
-
-
-def _read_float(buf: bytes, pos: int) -> tuple[Any, int]:
-    return _unpack_float(buf, pos)[0], pos + 4
-
-
-def _float_of(read: Read) -> Read:
-    def read_as_float(buf: bytes, pos: int) -> tuple[Any, int]:
-        value, pos = read(buf, pos)
-        return float(value), pos
-
-    return read_as_float
-
-
-_PRIMITIVES = frozenset(["null", "boolean", "int", "long", "float", "double", "string", "bytes"])
-_MIN_SIZES = {"null": 0, "float": 4, "double": 8}
-_PRIMITIVE_READERS: dict[str, Read] = {
-    "null": _read_null,
-    "boolean": _read_boolean,
-    "int": read_int,
-    "long": read_long,
-    "float": _read_float,
-    "double": _read_double,
-    "string": read_string,
-}
-_PROMOTIONS: dict[tuple[str, str], Read] = {
-    ("int", "long"): read_int,
-    ("int", "float"): _float_of(read_int),
-    ("int", "double"): _float_of(read_int),
-    ("long", "float"): _float_of(read_long),
-    ("long", "double"): _float_of(read_long),
-    ("float", "double"): _read_float,
-}

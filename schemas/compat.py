@@ -28,6 +28,17 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
+from .avro_names import (
+    NAMED,
+    PRIMITIVES,
+    Definition,
+    Scope,
+    collect,
+    full_name,
+    is_reference,
+    namespace_of,
+    short_name,
+)
 from .registry import Registry, SchemaEntry
 
 PROMOTIONS = {
@@ -109,29 +120,6 @@ def check_registry(registry: Registry) -> tuple[int, list[EvolutionProblem]]:
     return pairs, problems
 
 
-def _named_types(schema: Any, namespace: str, into: dict[str, Any]) -> None:
-    if isinstance(schema, list):
-        for branch in schema:
-            _named_types(branch, namespace, into)
-    elif isinstance(schema, dict):
-        kind = schema.get("type")
-        if kind in ("record", "enum", "fixed"):
-            name = schema.get("name", "")
-            ns = schema.get("namespace", namespace)
-            full = name if "." in name or not ns else f"{ns}.{name}"
-            into[full] = schema
-            into.setdefault(full.rpartition(".")[2], schema)
-            namespace = full.rpartition(".")[0]
-            for f in schema.get("fields", []):
-                _named_types(f.get("type"), namespace, into)
-        elif kind == "array":
-            _named_types(schema.get("items"), namespace, into)
-        elif kind == "map":
-            _named_types(schema.get("values"), namespace, into)
-        elif isinstance(kind, dict | list):
-            _named_types(kind, namespace, into)
-
-
 def _kind(schema: Any) -> str:
     if isinstance(schema, list):
         return "union"
@@ -141,40 +129,39 @@ def _kind(schema: Any) -> str:
     return str(schema)
 
 
-def _short(name: str) -> str:
-    return name.rpartition(".")[2]
-
-
 class _Resolver:
     def __init__(self, reader: Any, writer: Any) -> None:
-        self.reader_names: dict[str, Any] = {}
-        self.writer_names: dict[str, Any] = {}
-        _named_types(reader, "", self.reader_names)
-        _named_types(writer, "", self.writer_names)
+        self.reader_names = collect(reader)
+        self.writer_names = collect(writer)
         self.in_progress: set[tuple[int, int]] = set()
 
-    def resolve(self, schema: Any, names: dict[str, Any]) -> Any:
+    def resolve(self, schema: Any, names: Scope[Definition] | None, namespace: str) -> Definition:
+        """What ``schema`` stands for, wrappers and named references followed, and the
+        namespace of what it contains."""
         while True:
-            if isinstance(schema, str) and schema not in PROMOTIONS and schema in names:
-                schema = names[schema]
-            elif isinstance(schema, dict) and (
+            if is_reference(schema) and names is not None:
+                found = names.resolve(schema, namespace)
+                return found if found is not None else (schema, namespace)
+            if isinstance(schema, dict) and (
                 isinstance(schema.get("type"), dict | list)
-                or (schema.get("type") in PROMOTIONS and "logicalType" not in schema)
+                or (schema.get("type") in PRIMITIVES and "logicalType" not in schema)
             ):
                 schema = schema["type"]
+            elif isinstance(schema, dict) and schema.get("type") in NAMED:
+                return schema, namespace_of(full_name(schema, namespace))
             else:
-                return schema
+                return schema, namespace
 
     def describe(self, schema: Any) -> str:
         kind = _kind(schema)
-        if kind in ("record", "enum", "fixed"):
+        if kind in NAMED:
             return f"{kind} {schema.get('name')}"
         if kind == "union":
             return "union [" + ", ".join(self.describe(s) for s in schema) + "]"
         if kind == "array":
-            return f"array of {self.describe(self.resolve(schema.get('items'), {}))}"
+            return f"array of {self.describe(self.resolve(schema.get('items'), None, '')[0])}"
         if kind == "map":
-            return f"map of {self.describe(self.resolve(schema.get('values'), {}))}"
+            return f"map of {self.describe(self.resolve(schema.get('values'), None, '')[0])}"
         return kind
 
     def matches(self, reader: Any, writer: Any) -> bool:
@@ -184,15 +171,19 @@ class _Resolver:
             return rk in PROMOTIONS[wk]
         if rk != wk:
             return False
-        if rk in ("record", "enum", "fixed"):
-            return _short(reader.get("name", "")) == _short(writer.get("name", "")) or _short(
-                writer.get("name", "")
-            ) in {_short(a) for a in reader.get("aliases", [])}
+        if rk in NAMED:
+            written = short_name(writer.get("name", ""))
+            return short_name(reader.get("name", "")) == written or written in {
+                short_name(a) for a in reader.get("aliases", [])
+            }
         return True
 
-    def check(self, reader: Any, writer: Any, path: str) -> list[Incompatibility]:
-        reader = self.resolve(reader, self.reader_names)
-        writer = self.resolve(writer, self.writer_names)
+    def check(
+        self, reader: Any, writer: Any, path: str, rns: str = "", wns: str = ""
+    ) -> list[Incompatibility]:
+        """Why ``reader`` (inside namespace ``rns``) cannot read ``writer`` (inside ``wns``)."""
+        reader, rns = self.resolve(reader, self.reader_names, rns)
+        writer, wns = self.resolve(writer, self.writer_names, wns)
         key = (id(reader), id(writer))
         if key in self.in_progress:  # a recursive type already being compared
             return []
@@ -200,49 +191,18 @@ class _Resolver:
         if wk == "union":
             problems = []
             for branch in writer:
-                problems += self.check(reader, branch, path)
+                problems += self.check(reader, branch, path, rns, wns)
             return problems
         if rk == "union":
-            resolved = [self.resolve(b, self.reader_names) for b in reader]
-            for branch in resolved:
-                if self.matches(branch, writer):
-                    return self.check(branch, writer, path)
-            return [
-                Incompatibility(
-                    path,
-                    f"the writer writes {self.describe(writer)}, which no branch of the "
-                    f"reader's {self.describe(resolved)} reads",
-                )
-            ]
+            return self.into_union(reader, writer, path, rns, wns)
         if not self.matches(reader, writer):
-            if rk == wk and rk in ("record", "enum", "fixed"):
-                reason = (
-                    f"the reader's {self.describe(reader)} and the writer's "
-                    f"{self.describe(writer)} have different names"
-                )
-            else:
-                reason = (
-                    f"the reader expects {self.describe(reader)}, the writer writes "
-                    f"{self.describe(writer)}, which it cannot read"
-                )
-            return [Incompatibility(path, reason)]
+            return [Incompatibility(path, self.mismatch(reader, writer))]
         self.in_progress.add(key)
         try:
             if rk == "record":
-                return self.record(reader, writer, path)
+                return self.record(reader, writer, path, rns, wns)
             if rk == "enum":
-                missing = [
-                    s for s in writer.get("symbols", []) if s not in reader.get("symbols", [])
-                ]
-                if missing and "default" not in reader:
-                    return [
-                        Incompatibility(
-                            path,
-                            f"the writer's symbols {', '.join(missing)} are not in the reader's "
-                            f"enum {reader.get('name')}, which has no default symbol",
-                        )
-                    ]
-                return []
+                return _enum_problems(reader, writer, path)
             if rk == "fixed" and reader.get("size") != writer.get("size"):
                 return [
                     Incompatibility(
@@ -250,15 +210,44 @@ class _Resolver:
                     )
                 ]
             if rk == "array":
-                return self.check(reader.get("items"), writer.get("items"), path + "[]")
+                return self.check(reader.get("items"), writer.get("items"), path + "[]", rns, wns)
             if rk == "map":
-                return self.check(reader.get("values"), writer.get("values"), path + "{}")
+                return self.check(reader.get("values"), writer.get("values"), path + "{}", rns, wns)
             return []
         finally:
             self.in_progress.discard(key)
 
+    def into_union(
+        self, reader: list[Any], writer: Any, path: str, rns: str, wns: str
+    ) -> list[Incompatibility]:
+        """A writer type read by a reader union: the first branch that matches must read it."""
+        resolved = [self.resolve(b, self.reader_names, rns) for b in reader]
+        for branch, branch_ns in resolved:
+            if self.matches(branch, writer):
+                return self.check(branch, writer, path, branch_ns, wns)
+        return [
+            Incompatibility(
+                path,
+                f"the writer writes {self.describe(writer)}, which no branch of the "
+                f"reader's {self.describe([b for b, _ in resolved])} reads",
+            )
+        ]
+
+    def mismatch(self, reader: Any, writer: Any) -> str:
+        """Why two types that do not match cannot be read one as the other."""
+        rk, wk = _kind(reader), _kind(writer)
+        if rk == wk and rk in NAMED:
+            return (
+                f"the reader's {self.describe(reader)} and the writer's "
+                f"{self.describe(writer)} have different names"
+            )
+        return (
+            f"the reader expects {self.describe(reader)}, the writer writes "
+            f"{self.describe(writer)}, which it cannot read"
+        )
+
     def record(
-        self, reader: dict[str, Any], writer: dict[str, Any], path: str
+        self, reader: dict[str, Any], writer: dict[str, Any], path: str, rns: str, wns: str
     ) -> list[Incompatibility]:
         written = {f["name"]: f for f in writer.get("fields", [])}
         problems: list[Incompatibility] = []
@@ -268,7 +257,7 @@ class _Resolver:
             if source is None:
                 source = next((written[a] for a in field.get("aliases", []) if a in written), None)
             if source is not None:
-                problems += self.check(field["type"], source["type"], where)
+                problems += self.check(field["type"], source["type"], where, rns, wns)
             elif "default" not in field:
                 problems.append(
                     Incompatibility(
@@ -278,3 +267,18 @@ class _Resolver:
                     )
                 )
         return problems
+
+
+def _enum_problems(
+    reader: dict[str, Any], writer: dict[str, Any], path: str
+) -> list[Incompatibility]:
+    missing = [s for s in writer.get("symbols", []) if s not in reader.get("symbols", [])]
+    if missing and "default" not in reader:
+        return [
+            Incompatibility(
+                path,
+                f"the writer's symbols {', '.join(missing)} are not in the reader's "
+                f"enum {reader.get('name')}, which has no default symbol",
+            )
+        ]
+    return []

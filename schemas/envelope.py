@@ -6,20 +6,23 @@ JSON form::
      "version": "1.0.0", "source": "order-service", "correlationId": "uuid",
      "causationId": null, "data": {...}}
 
-:func:`decode_envelope` turns bytes into an :class:`Envelope` or raises a
-:class:`~schemas.exceptions.EventError` naming the offending field.
+Events are written and read only through :class:`~schemas.codecs.EventCodec`,
+which checks them against the schema registry; this module holds the
+:class:`Envelope` itself, :func:`new_event` to build one, and the checks of
+its own fields that the codec applies (:func:`checked_envelope`,
+:func:`check_envelope`), each raising a :class:`~schemas.exceptions.ValidationError`
+naming the offending field.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
-from .exceptions import MISSING, DecodeError, ValidationError
+from .exceptions import MISSING, ValidationError
 
 CONTENT_TYPE_JSON = "application/json"
 
@@ -96,65 +99,6 @@ def new_event(
     )
 
 
-def encode_envelope(event: Envelope) -> bytes:
-    """The JSON bytes of an envelope."""
-    return orjson.dumps(event.to_dict())
-
-
-def decode_envelope(raw: bytes | bytearray | memoryview | None) -> Envelope:
-    """Parse and check the JSON form of an envelope.
-
-    Raises :class:`DecodeError` for bytes that are not a JSON object and
-    :class:`ValidationError` for a missing or mistyped envelope field.
-    """
-    if raw is None:
-        raise DecodeError("empty record: the value is null (a tombstone), expected an envelope")
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise DecodeError(f"value is not valid JSON: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise ValidationError("$", "a JSON object (the envelope)", doc)
-    data = doc.get("data", MISSING)
-    if not isinstance(data, dict):
-        raise ValidationError("data", "an object", data)
-    return Envelope(
-        id=_required_str(doc, "id"),
-        name=_required_str(doc, "name"),
-        timestamp=_timestamp(doc),
-        version=_required_str(doc, "version"),
-        source=_required_str(doc, "source"),
-        correlation_id=_optional_str(doc, "correlationId"),
-        causation_id=_optional_str(doc, "causationId"),
-        data=data,
-    )
-
-
-def _required_str(doc: dict[str, Any], key: str) -> str:
-    value = doc.get(key, MISSING)
-    if not isinstance(value, str) or not value:
-        raise ValidationError(key, "a non-empty string", value)
-    return value
-
-
-def _optional_str(doc: dict[str, Any], key: str) -> str | None:
-    value = doc.get(key)
-    if value is not None and not isinstance(value, str):
-        raise ValidationError(key, "a string or null", value)
-    return value
-
-
-def _timestamp(doc: dict[str, Any]) -> str:
-    value = _required_str(doc, "timestamp")
-    try:
-        datetime.fromisoformat(value)
-    except ValueError:
-        raise ValidationError(
-            "timestamp", "an ISO-8601 time such as 2026-11-27T15:00:00.000Z", value
-        ) from None
-    return value
-
-
 _new = object.__new__
 _SETTERS = tuple(
     Envelope.__dict__[name].__set__
@@ -198,3 +142,92 @@ def build_envelope(
     s_cause(event, causation_id)
     s_data(event, data)
     return event
+
+
+_fromisoformat = datetime.fromisoformat
+
+
+def check_strings(doc: Mapping[str, Any], max_string: int) -> None:
+    """Raise :class:`ValidationError` for the first of the envelope's string fields that
+    is missing, empty, not a string or longer than ``max_string`` characters."""
+    for key in ("name", "version", "id", "source", "timestamp"):
+        value = doc.get(key, MISSING)
+        if type(value) is not str or not value:
+            raise ValidationError(key, "a non-empty string", value)
+        if len(value) > max_string:
+            raise ValidationError(key, f"a string of at most {max_string} characters", value)
+
+
+def checked_envelope(
+    doc: Mapping[str, Any], version: str, data: dict[str, Any], max_string: int
+) -> Envelope:
+    """The envelope of ``doc`` (its JSON form), checked; the caller has checked its name
+    and version, and brings its ``data`` validated.
+
+    Raises :class:`ValidationError` naming the first field that is wrong.
+    """
+    event_id = doc.get("id")
+    name = doc["name"]
+    timestamp = doc.get("timestamp")
+    source = doc.get("source")
+    correlation_id = doc.get("correlationId")
+    causation_id = doc.get("causationId")
+    if not (
+        type(event_id) is str
+        and type(timestamp) is str
+        and type(source) is str
+        and event_id
+        and source
+        and len(event_id) <= max_string
+        and len(source) <= max_string
+        and len(timestamp) <= 64
+    ):
+        check_strings(doc, max_string)
+        raise ValidationError("timestamp", "an ISO-8601 time of at most 64 characters", timestamp)
+    if correlation_id is not None and (
+        type(correlation_id) is not str or len(correlation_id) > max_string
+    ):
+        raise ValidationError("correlationId", "a string or null", correlation_id)
+    if causation_id is not None and (
+        type(causation_id) is not str or len(causation_id) > max_string
+    ):
+        raise ValidationError("causationId", "a string or null", causation_id)
+    try:
+        _fromisoformat(timestamp)
+    except ValueError:
+        raise ValidationError(
+            "timestamp", "an ISO-8601 time such as 2026-11-27T15:00:00.000Z", timestamp
+        ) from None
+    return build_envelope(
+        event_id, name, timestamp, version, source, correlation_id, causation_id, data
+    )
+
+
+def check_envelope(event: Envelope, doc: Mapping[str, Any], max_string: int) -> None:
+    """Check the envelope fields of ``event`` (whose JSON form is ``doc``) before encoding.
+
+    The cheap path for the envelopes producers build with :func:`new_event`:
+    only a doubt goes through :func:`checked_envelope`, which names the field.
+    """
+    event_id, timestamp, source = event.id, event.timestamp, event.source
+    correlation_id, causation_id = event.correlation_id, event.causation_id
+    if (
+        type(event_id) is str
+        and type(timestamp) is str
+        and type(source) is str
+        and event_id
+        and source
+        and len(event_id) <= max_string
+        and len(source) <= max_string
+        and len(timestamp) <= 64
+        and (correlation_id is None or type(correlation_id) is str)
+        and (causation_id is None or type(causation_id) is str)
+        and (correlation_id is None or len(correlation_id) <= max_string)
+        and (causation_id is None or len(causation_id) <= max_string)
+    ):
+        try:
+            _fromisoformat(timestamp)
+            return
+        except ValueError:
+            pass
+    checked_envelope(doc, event.version, event.data, max_string)  # raises, naming the field

@@ -197,99 +197,130 @@ def registry_line(schema_id: int, name: str, version: str, digest: str) -> str:
 def _load_entries(
     root: Path, upcasters: Mapping[tuple[str, int], Upcaster], problems: list[str]
 ) -> list[SchemaEntry]:
+    sources = _read_sources(root, problems)
+    if sources is None:
+        return []
+    rows, envelope = sources
+    entries: list[SchemaEntry] = []
+    seen = _Seen()
+    for n, row in enumerate(rows):
+        entry = _entry_of(root, envelope, f"{REGISTRY_FILE} entry {n}", row, seen, problems)
+        if entry is not None:
+            entries.append(entry)
+    _unregistered_files(root, envelope, seen, problems)
+    _check_majors(entries, upcasters, problems)
+    return entries
+
+
+def _read_sources(root: Path, problems: list[str]) -> tuple[list[Any], dict[str, Any]] | None:
+    """The rows of ``registry.json`` and the envelope schema; None after a problem."""
     doc = _read_json(root / REGISTRY_FILE, problems)
     envelope = _read_json(root / "avsc" / ENVELOPE_FILE, problems)
     if problems:
-        return []
+        return None
     rows = doc.get("schemas") if isinstance(doc, dict) else None
     if not isinstance(rows, list):
         problems.append(f'{REGISTRY_FILE}: expected {{"schemas": [...]}}')
-        return []
+        return None
     if not (
         isinstance(envelope, dict)
         and any(f.get("name") == "data" for f in envelope.get("fields", []))
     ):
         problems.append(f"avsc/{ENVELOPE_FILE}: expected a record with a field named data")
-        return []
+        return None
+    return rows, envelope
 
-    entries: list[SchemaEntry] = []
-    seen_ids: dict[int, str] = {}
-    seen_versions: set[tuple[str, int, int]] = set()
-    registered_files: set[str] = set()
-    for n, row in enumerate(rows):
-        where = f"{REGISTRY_FILE} entry {n}"
-        if not isinstance(row, dict):
-            problems.append(f"{where}: expected an object, got {row!r}")
-            continue
-        schema_id, name, version = row.get("id"), row.get("event"), row.get("version")
-        if type(schema_id) is not int or not 0 < schema_id < 2**31:
-            problems.append(f"{where}: id must be an integer 1..2147483647, got {schema_id!r}")
-            continue
-        if not isinstance(name, str) or not EVENT_NAME.match(name):
-            problems.append(
-                f"{where} (id {schema_id}): event must be <entity>.<action>, got {name!r}"
-            )
-            continue
-        if not isinstance(version, str) or version.count(".") != 1:
-            version = None
-        parsed_version = parse_version(version) if version else None
-        if version is None or parsed_version is None:
-            problems.append(
-                f"{where} (id {schema_id}): version must be major.minor, got {version!r}"
-            )
-            continue
-        major, minor = parsed_version
-        label = f"{name} {version} (id {schema_id})"
-        if schema_id in seen_ids:
-            problems.append(f"{label}: id {schema_id} is already used by {seen_ids[schema_id]}")
-            continue
-        if (name, major, minor) in seen_versions:
-            problems.append(f"{label}: {name} {version} is registered twice")
-            continue
-        seen_ids[schema_id] = f"{name} {version}"
-        seen_versions.add((name, major, minor))
-        relative = f"avsc/{name}/{major}.{minor}.avsc"
-        registered_files.add(relative)
-        payload = _read_json(root / relative, problems)
-        if not isinstance(payload, dict) or payload.get("type") != "record":
-            if payload is not None:
-                problems.append(f"{relative}: a payload schema must be a record")
-            continue
-        wire = compose(envelope, payload)
-        try:
-            parsed = parse_schema(wire)
-            compile_validator(
-                wire, max_string_length=2**31, max_array_length=2**31, normalize=False
-            )
-        except (
-            SchemaParseException,
-            UnknownType,
-            SchemaError,
-            ValueError,
-            TypeError,
-            KeyError,
-        ) as exc:
-            problems.append(f"{relative}: not a usable Avro schema: {exc}")
-            continue
-        digest = fingerprint(wire)
-        if row.get("fingerprint") != digest:
-            problems.append(
-                f"{label}: {relative} differs from the schema registered under id {schema_id} "
-                f"(fingerprint {row.get('fingerprint')!r}, now {digest!r}); published schemas "
-                "are immutable: restore it and add a new version instead"
-                if row.get("fingerprint")
-                else f"{label}: no fingerprint; set it: "
-                + registry_line(schema_id, name, version, digest)
-            )
-            continue
-        entries.append(SchemaEntry(schema_id, name, major, minor, payload, wire, parsed, digest))
 
-    next_id = max(seen_ids, default=0) + 1
+@dataclass
+class _Seen:
+    """What the rows of ``registry.json`` read so far have claimed."""
+
+    ids: dict[int, str] = field(default_factory=dict)
+    versions: set[tuple[str, int, int]] = field(default_factory=set)
+    files: set[str] = field(default_factory=set)
+
+
+def _row_key(where: str, row: Any, problems: list[str]) -> tuple[int, str, str, int, int] | None:
+    """A row's id, event, version and its major and minor; None after a problem."""
+    if not isinstance(row, dict):
+        problems.append(f"{where}: expected an object, got {row!r}")
+        return None
+    schema_id, name, version = row.get("id"), row.get("event"), row.get("version")
+    if type(schema_id) is not int or not 0 < schema_id < 2**31:
+        problems.append(f"{where}: id must be an integer 1..2147483647, got {schema_id!r}")
+        return None
+    if not isinstance(name, str) or not EVENT_NAME.match(name):
+        problems.append(f"{where} (id {schema_id}): event must be <entity>.<action>, got {name!r}")
+        return None
+    if not isinstance(version, str) or version.count(".") != 1:
+        version = None
+    parsed_version = parse_version(version) if version else None
+    if version is None or parsed_version is None:
+        problems.append(f"{where} (id {schema_id}): version must be major.minor, got {version!r}")
+        return None
+    return schema_id, name, version, *parsed_version
+
+
+def _entry_of(
+    root: Path,
+    envelope: dict[str, Any],
+    where: str,
+    row: Any,
+    seen: _Seen,
+    problems: list[str],
+) -> SchemaEntry | None:
+    """The entry of one row of ``registry.json``; None after a problem."""
+    key = _row_key(where, row, problems)
+    if key is None:
+        return None
+    schema_id, name, version, major, minor = key
+    label = f"{name} {version} (id {schema_id})"
+    if schema_id in seen.ids:
+        problems.append(f"{label}: id {schema_id} is already used by {seen.ids[schema_id]}")
+        return None
+    if (name, major, minor) in seen.versions:
+        problems.append(f"{label}: {name} {version} is registered twice")
+        return None
+    seen.ids[schema_id] = f"{name} {version}"
+    seen.versions.add((name, major, minor))
+    relative = f"avsc/{name}/{major}.{minor}.avsc"
+    seen.files.add(relative)
+    payload = _read_json(root / relative, problems)
+    if not isinstance(payload, dict) or payload.get("type") != "record":
+        if payload is not None:
+            problems.append(f"{relative}: a payload schema must be a record")
+        return None
+    wire = compose(envelope, payload)
+    try:
+        parsed = parse_schema(wire)
+        compile_validator(wire, max_string_length=2**31, max_array_length=2**31, normalize=False)
+    except (SchemaParseException, UnknownType, SchemaError, ValueError, TypeError, KeyError) as exc:
+        problems.append(f"{relative}: not a usable Avro schema: {exc}")
+        return None
+    digest = fingerprint(wire)
+    if row.get("fingerprint") != digest:
+        problems.append(
+            f"{label}: {relative} differs from the schema registered under id {schema_id} "
+            f"(fingerprint {row.get('fingerprint')!r}, now {digest!r}); published schemas "
+            "are immutable: restore it and add a new version instead"
+            if row.get("fingerprint")
+            else f"{label}: no fingerprint; set it: "
+            + registry_line(schema_id, name, version, digest)
+        )
+        return None
+    return SchemaEntry(schema_id, name, major, minor, payload, wire, parsed, digest)
+
+
+def _unregistered_files(
+    root: Path, envelope: dict[str, Any], seen: _Seen, problems: list[str]
+) -> None:
+    """A problem, with the line to add, for every schema file ``registry.json`` lacks."""
+    next_id = max(seen.ids, default=0) + 1
     for path in sorted((root / "avsc").glob("*/*.avsc")):
         relative = path.relative_to(root).as_posix()
         name = path.parent.name
         match = SCHEMA_FILE.match(path.name)
-        if relative in registered_files:
+        if relative in seen.files:
             continue
         if match is None or not EVENT_NAME.match(name):
             problems.append(
@@ -297,12 +328,17 @@ def _load_entries(
             )
             continue
         payload = _read_json(path, problems)
-        if isinstance(payload, dict) and isinstance(envelope, dict):
+        if isinstance(payload, dict):
             version = f"{int(match.group(1))}.{int(match.group(2))}"
             line = registry_line(next_id, name, version, fingerprint(compose(envelope, payload)))
             problems.append(f"{relative} is not registered; add to {REGISTRY_FILE}: {line}")
             next_id += 1
 
+
+def _check_majors(
+    entries: list[SchemaEntry], upcasters: Mapping[tuple[str, int], Upcaster], problems: list[str]
+) -> None:
+    """Majors follow each other without a gap, and an upcaster joins each to the next."""
     by_name: dict[str, set[int]] = {}
     for e in entries:
         by_name.setdefault(e.name, set()).add(e.major)
@@ -322,7 +358,6 @@ def _load_entries(
                 f"upcaster ({name!r}, {major}) in schemas/upcasters.py has no {name} "
                 f"{major + 1}.x schema to upcast to"
             )
-    return entries
 
 
 def _read_json(path: Path, problems: list[str]) -> Any:

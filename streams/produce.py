@@ -1,4 +1,5 @@
-"""Publishing envelopes to Kafka: keyed, with the contract's headers, acks=all."""
+"""Publishing envelopes to Kafka: keyed, encoded by the codec, with the contract's headers,
+acks=all."""
 
 from __future__ import annotations
 
@@ -7,16 +8,30 @@ from types import TracebackType
 
 from aiokafka import AIOKafkaProducer
 
-from schemas.envelope import Envelope, encode_envelope
+from schemas.codecs import EventCodec
+from schemas.envelope import CONTENT_TYPE_JSON, Envelope
 
 from .catalogue import key_of
 from .settings import Settings
 
 
 class EventPublisher:
-    """An idempotent producer of envelopes; use as ``async with EventPublisher(...)``."""
+    """An idempotent producer of envelopes; use as ``async with EventPublisher(...)``.
 
-    def __init__(self, settings: Settings) -> None:
+    Events are encoded by ``codec`` (by default one under the settings' limits)
+    in the form ``content_type`` names, JSON unless Avro is asked for: an
+    event whose name and version have no schema raises
+    :class:`~schemas.exceptions.EncodeError` before anything is sent.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        codec: EventCodec | None = None,
+        content_type: str = CONTENT_TYPE_JSON,
+    ) -> None:
+        self.codec = codec if codec is not None else EventCodec(limits=settings.limits)
+        self.content_type = content_type
         self._producer = AIOKafkaProducer(
             bootstrap_servers=settings.bootstrap_servers,
             client_id=f"{settings.app_id}-publisher",
@@ -39,9 +54,13 @@ class EventPublisher:
 
     async def publish(self, topic: str, events: Iterable[Envelope]) -> int:
         """Send events keyed by entity id, in order per key; wait for all acks."""
+        codec, content_type = self.codec, self.content_type
         futures = [
             await self._producer.send(
-                topic, encode_envelope(e), key=key_of(e).encode(), headers=e.headers()
+                topic,
+                codec.encode(e, content_type),
+                key=key_of(e).encode(),
+                headers=codec.headers(e, content_type),
             )
             for e in events
         ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from schemas.codecs import EventCodec
 from streams.settings import Settings
 
 from .base import (
@@ -45,9 +46,11 @@ def sqlite_path(settings: Settings) -> Path | None:
 
 
 def store_for(settings: Settings) -> OutboxStore:
-    """The store EVENTIDE_DATABASE_URL configures (not opened yet)."""
+    """The store EVENTIDE_DATABASE_URL configures (not opened yet), with a codec
+    under the configured limits (EVENTIDE_MAX_*)."""
+    codec = EventCodec(limits=settings.limits)
     path = sqlite_path(settings)
     if path is not None:
-        return SqliteStore(path)
+        return SqliteStore(path, codec=codec)
     # An API whose relay runs in another process announces its commits to it.
-    return PostgresStore(settings.database_url.reveal(), notify=not settings.api_relay)
+    return PostgresStore(settings.database_url.reveal(), notify=not settings.api_relay, codec=codec)

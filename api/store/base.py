@@ -26,6 +26,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
+from schemas.codecs import EventCodec
 from schemas.envelope import Envelope
 
 from ..aggregate import Decision
@@ -82,7 +83,7 @@ class OutboxRow:
     key: str
     """Kafka key: the entity id."""
     value: bytes
-    """The JSON envelope."""
+    """The JSON envelope, as :meth:`~schemas.codecs.EventCodec.encode_json` wrote it."""
     created_at: float
     """Unix time the command's transaction wrote the row."""
 
@@ -113,6 +114,9 @@ class OutboxStore(ABC):
     """A database holding the event store, the outbox and idempotency answers."""
 
     kind: str = "?"
+    codec: EventCodec
+    """Encodes the events appended (the JSON form, checked against the schema registry)
+    and decodes the events read back; the relay reads the outbox rows with it too."""
 
     @abstractmethod
     async def open(self) -> None:

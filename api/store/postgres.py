@@ -33,7 +33,8 @@ from typing import Any
 import asyncpg
 import orjson
 
-from schemas.envelope import Envelope, decode_envelope, encode_envelope
+from schemas.codecs import EventCodec, default_codec
+from schemas.envelope import Envelope
 from streams.catalogue import key_of
 from streams.settings import SecretUrl
 
@@ -152,9 +153,15 @@ class PostgresStore(OutboxStore):
     parallel_claims = 2
 
     def __init__(
-        self, url: str, pool_size: int = 10, cache_size: int = 10_000, notify: bool = False
+        self,
+        url: str,
+        pool_size: int = 10,
+        cache_size: int = 10_000,
+        notify: bool = False,
+        codec: EventCodec | None = None,
     ) -> None:
         self._url = url
+        self.codec = codec if codec is not None else default_codec()
         self._append_sql = GROUP_APPEND_NOTIFY if notify else GROUP_APPEND
         self._listener: asyncpg.Connection | None = None
         self._pool_size = pool_size
@@ -261,7 +268,8 @@ class PostgresStore(OutboxStore):
         history: tuple[Envelope, ...] | None = () if expect_new else self._histories.get(stream)
         if history is None:
             rows = await self.pool.fetch(EVENTS_OF, stream)
-            history = tuple(decode_envelope(r[0]) for r in rows)
+            decode = self.codec.decode_json
+            history = tuple(decode(r[0]) for r in rows)
         decision = decide(list(history))
         if len(decision.events) != 1:
             return None
@@ -282,7 +290,8 @@ class PostgresStore(OutboxStore):
         trip). Raises :class:`ConcurrencyError` when event ``seq`` of the
         stream exists already: that command alone wrote nothing."""
         key = key_of(event)
-        row = (stream, seq, event.id, event.name, encode_envelope(event), topic, key, shard_of(key))
+        value = self.codec.encode_json(event)
+        row = (stream, seq, event.id, event.name, value, topic, key, shard_of(key))
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._appends.append((row, future))
         if not self._appending:
@@ -352,7 +361,7 @@ class PostgresStore(OutboxStore):
                     )
                 return CommandOutcome(row["status"], orjson.loads(row["body"]), replayed=True)
         rows = await conn.fetch(EVENTS_OF, stream)
-        history = [decode_envelope(r["body"]) for r in rows]
+        history = [self.codec.decode_json(r["body"]) for r in rows]
         decision = decide(history)
         for seq, event in enumerate(decision.events, start=len(history) + 1):
             key = key_of(event)
@@ -362,7 +371,7 @@ class PostgresStore(OutboxStore):
                 seq,
                 event.id,
                 event.name,
-                encode_envelope(event),
+                self.codec.encode_json(event),
                 now,
                 topic,
                 key,
@@ -382,7 +391,7 @@ class PostgresStore(OutboxStore):
         rows = await self.pool.fetch(
             "SELECT body FROM events WHERE stream = $1 ORDER BY seq", stream
         )
-        return [decode_envelope(r["body"]) for r in rows]
+        return [self.codec.decode_json(r["body"]) for r in rows]
 
     @asynccontextmanager
     async def claim(

@@ -32,7 +32,8 @@ from typing import Any, TypeVar
 
 import orjson
 
-from schemas.envelope import Envelope, decode_envelope, encode_envelope
+from schemas.codecs import EventCodec, default_codec
+from schemas.envelope import Envelope
 from streams.catalogue import key_of
 
 from ..exceptions import IdempotencyKeyReusedError, StoreError
@@ -99,9 +100,10 @@ class SqliteStore(OutboxStore):
 
     kind = "sqlite"
 
-    def __init__(self, path: Path, lease_ttl: float = 5.0) -> None:
+    def __init__(self, path: Path, lease_ttl: float = 5.0, codec: EventCodec | None = None) -> None:
         self.path = path
         self.lease_ttl = lease_ttl
+        self.codec = codec if codec is not None else default_codec()
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         self._lease_renewed: dict[str, float] = {}
@@ -235,8 +237,9 @@ class SqliteStore(OutboxStore):
             ).fetchone()
             if row is not None:
                 return _replay(idem, row[0], row[1], row[2])
+        decode, encode = self.codec.decode_json, self.codec.encode_json
         history = [
-            decode_envelope(body)
+            decode(body)
             for (body,) in c.execute(
                 "SELECT body FROM events WHERE stream = ? ORDER BY seq", (stream,)
             )
@@ -244,7 +247,7 @@ class SqliteStore(OutboxStore):
         decision = decide(history)
         now = time.time()
         for seq, event in enumerate(decision.events, start=len(history) + 1):
-            value = encode_envelope(event)
+            value = encode(event)
             key = key_of(event)
             c.execute(
                 "INSERT INTO events (stream, seq, event_id, name, body, recorded_at)"
@@ -270,7 +273,7 @@ class SqliteStore(OutboxStore):
             rows = self.conn.execute(
                 "SELECT body FROM events WHERE stream = ? ORDER BY seq", (stream,)
             )
-            return [decode_envelope(body) for (body,) in rows]
+            return [self.codec.decode_json(body) for (body,) in rows]
 
         return await self._run(load)
 

@@ -4,18 +4,25 @@ Every event of an entity has the entity id as its key, so all of them are in
 one partition of its topic, in the order they were published. The partition
 is the one the default partitioner (murmur2 of the key) picks; only it is
 read, from the beginning to its end offset at the time of the call.
+
+Records are decoded as a worker decodes them (:meth:`EventCodec.decode`):
+Avro or JSON by their ``content-type`` header or first byte, checked against
+the schema registry, data in the shape of the event's newest schema.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError
 from aiokafka.partitioner import DefaultPartitioner
 
-from schemas.envelope import Envelope, decode_envelope
+from schemas.codecs import EventCodec
+from schemas.envelope import Envelope
 from schemas.exceptions import EventError
 from streams.catalogue import ORDER_EVENTS, USER_EVENTS
 from streams.exceptions import BrokerError
@@ -38,10 +45,27 @@ class HistoryEntry:
     """Why the record could not be decoded."""
 
 
+def decode_record(
+    codec: EventCodec, value: bytes | None, headers: Iterable[tuple[str, Any]] | None = None
+) -> tuple[Envelope | None, str | None]:
+    """The event of one record, or None and why it could not be decoded."""
+    try:
+        return codec.decode(value, headers), None
+    except EventError as exc:
+        return None, str(exc)
+
+
 async def entity_history(
-    settings: Settings, entity_id: str, topics: list[str] | None = None
+    settings: Settings,
+    entity_id: str,
+    topics: list[str] | None = None,
+    codec: EventCodec | None = None,
 ) -> list[HistoryEntry]:
-    """Every record keyed ``entity_id`` on the entity event topics, in log order."""
+    """Every record keyed ``entity_id`` on the entity event topics, in log order.
+
+    ``codec``: the decoder (default: one under the settings' limits).
+    """
+    codec = codec if codec is not None else EventCodec(limits=settings.limits)
     names = topics or [settings.topic(spec.name) for spec in (USER_EVENTS, ORDER_EVENTS)]
     key = entity_id.encode()
     consumer = AIOKafkaConsumer(
@@ -73,11 +97,7 @@ async def entity_history(
                 for record in batch.get(tp, []):
                     if record.key != key or record.offset >= end:
                         continue
-                    try:
-                        event: Envelope | None = decode_envelope(record.value)
-                        error = None
-                    except EventError as exc:
-                        event, error = None, str(exc)
+                    event, error = decode_record(codec, record.value, record.headers)
                     entries.append(HistoryEntry(topic, part, record.offset, event, error))
     finally:
         await consumer.stop()

@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaProducer
 
 from eventide.tools.demo import fetch_json
 from eventide.tools.dlq import DeadLetter, read_dead_letters
-from schemas import encode_envelope, new_event
+from schemas import EventCodec, new_event
 from streams.catalogue import ORDER_EVENTS
 from streams.outputs import KeyPartitioner
 from streams.settings import Settings
@@ -23,6 +23,8 @@ from streams.topics import ensure_topics
 from tests.fixtures.worker import settings_env
 
 pytestmark = pytest.mark.integration
+
+CODEC = EventCodec()
 
 
 def placed(order_id: str, currency: str = "EUR") -> Any:
@@ -60,7 +62,7 @@ def send(settings: Settings, events: list[Any]) -> list:
     return asyncio.run(
         _send(
             settings,
-            [(e.data["orderId"].encode(), encode_envelope(e), e.headers()) for e in events],
+            [(e.data["orderId"].encode(), CODEC.encode_json(e), e.headers()) for e in events],
         )
     )
 
@@ -129,7 +131,7 @@ def test_permanent_failure_is_dead_lettered_with_its_story_and_replays_once(
     assert len(letters) == 1
     d = letters[0]
     topic = settings.topic(ORDER_EVENTS.name)
-    assert (d.key, d.value) == (b"o-die", encode_envelope(doomed))
+    assert (d.key, d.value) == (b"o-die", CODEC.encode_json(doomed))
     assert d.original_headers() == doomed.headers()
     assert d.origin_topic == topic
     assert int(d.header("dlq-origin-partition")) == sent[0].partition
@@ -172,9 +174,9 @@ def test_poison_pills_are_dead_lettered_while_the_partition_flows_on(make_settin
     good = placed("o-p")
     h = good.headers()
     deep = b'{"a":' * 40 + b"1" + b"}" * 40
-    bad_items = orjson.loads(encode_envelope(good))
+    bad_items = orjson.loads(CODEC.encode_json(good))
     bad_items["data"]["items"] = [{"sku": "a", "quantity": "three", "unitPrice": 1.0}]
-    unknown = orjson.loads(encode_envelope(good))
+    unknown = orjson.loads(CODEC.encode_json(good))
     unknown["name"] = "order.teleported"
     avro_headers = [(k, b"application/avro" if k == "content-type" else v) for k, v in h]
     pills = [
@@ -185,7 +187,7 @@ def test_poison_pills_are_dead_lettered_while_the_partition_flows_on(make_settin
         (b"o-p", orjson.dumps(unknown), h),
         (b"o-p", b"\x00\x00\x00\x00\x07garbage", avro_headers),
     ]
-    sent = asyncio.run(_send(settings, [*pills, (b"o-p", encode_envelope(good), h)]))
+    sent = asyncio.run(_send(settings, [*pills, (b"o-p", CODEC.encode_json(good), h)]))
     view = wait_for(lambda: (lambda r: r[1] if r[0] == 200 else None)(order(settings, "o-p")))
     assert view["lastEventId"] == good.id
 

@@ -19,7 +19,6 @@ from aiokafka import AIOKafkaProducer
 from benchmarks.crash import publish_slowly, wait_drained
 from benchmarks.workload import Workload, make_workload
 from schemas.codecs import EventCodec
-from schemas.envelope import encode_envelope
 from streams.catalogue import ORDER_EVENTS, USER_EVENTS, key_of
 from streams.outputs import KeyPartitioner
 from streams.settings import Settings
@@ -152,7 +151,7 @@ def publish_steadily(
                     futures.append(
                         await producer.send(
                             settings.topic(spec.name),
-                            encode_envelope(e),
+                            codec.encode_json(e),
                             key=key,
                             partition=partition(key),
                             headers=codec.headers(e),

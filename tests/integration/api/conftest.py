@@ -18,7 +18,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from api.store import OutboxStore, store_for
-from schemas.envelope import Envelope, decode_envelope
+from schemas.codecs import EventCodec
+from schemas.envelope import Envelope
 from streams.catalogue import ORDER_EVENTS, USER_EVENTS
 from streams.settings import Settings
 from tests.fixtures.broker import free_port
@@ -174,11 +175,14 @@ async def read_topics(settings: Settings) -> list[Envelope]:
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
         events: list[Envelope] = []
+        codec = EventCodec(limits=settings.limits)
         pending = {tp for tp in tps if ends[tp] > 0}
         while pending:
             batch = await consumer.getmany(*pending, timeout_ms=1000)
             for tp, records in batch.items():
-                events.extend(decode_envelope(r.value) for r in records if r.offset < ends[tp])
+                events.extend(
+                    codec.decode(r.value, r.headers) for r in records if r.offset < ends[tp]
+                )
             pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
         return events
     finally:

@@ -8,8 +8,9 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from hypothesis import given
 from hypothesis import strategies as st
 
-from schemas import DecodeError, EventCodec, new_event
+from schemas import DecodeError, EventCodec, Limits, new_event
 from schemas.avro_reader import MalformedAvro, Unsupported, compile_reader, read_value
+from schemas.read_plans import ReadPlans
 
 from .registries import avro_values, make_registry, order_placed
 from .test_properties import PROPERTY, REGISTRY
@@ -104,9 +105,10 @@ def test_arrays_in_blocks_with_negative_counts_decode_as_fastavro_decodes_them(
 
 
 def test_the_registry_schemas_compile_without_falling_back():
+    plans = ReadPlans(REGISTRY, Limits())
     for entry in REGISTRY:
         assert compile_reader(entry.wire) is not None
-        plan = CODEC._avro_plan(entry.id)[1]
+        plan = plans.for_avro(entry.id)[1]
         assert plan.read is not None, entry
 
 

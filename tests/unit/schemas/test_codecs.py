@@ -16,7 +16,6 @@ from schemas import (
     UnknownSchemaError,
     UnsupportedVersionError,
     ValidationError,
-    decode_envelope,
     decode_event,
     new_event,
 )
@@ -113,10 +112,6 @@ def test_decode_event_is_the_one_call_for_agents():
     event = placed()
     assert decode_event(EventCodec().encode_avro(event), None) == event
     assert decode_event(orjson.dumps(DESIGN_EXAMPLE)).data["currency"] is None
-
-
-def test_decode_envelope_still_accepts_what_it_did():
-    assert decode_envelope(orjson.dumps(DESIGN_EXAMPLE)).data == DESIGN_EXAMPLE["data"]
 
 
 @pytest.mark.parametrize(
@@ -255,6 +250,33 @@ def test_encoding_checks_the_event(codec):
     original = placed(totalAmount=3)
     codec.encode_json(original)
     assert original.data["totalAmount"] == 3 and "giftWrap" not in original.data  # left untouched
+
+
+def test_encoding_refuses_an_event_the_registry_does_not_know(codec):
+    teleported = new_event("order.teleported", {"orderId": "o-1"})
+    for encode in (codec.encode_json, codec.encode_avro, codec.encode):
+        with pytest.raises(EncodeError, match=r"cannot encode order.teleported .*no schema"):
+            encode(teleported)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"timestamp": "yesterday"}, "timestamp: expected an ISO-8601 time such as"),
+        ({"id": ""}, 'id: expected a non-empty string, got ""'),
+        ({"source": 7}, "source: expected a non-empty string, got 7"),
+        ({"correlation_id": 5}, "correlationId: expected a string or null, got 5"),
+        ({"causation_id": "x" * 70_000}, "causationId: expected a string or null"),
+    ],
+)
+def test_encoding_names_a_bad_envelope_field(codec, change, message):
+    from dataclasses import replace
+
+    event = replace(placed(), **change)
+    for encode in (codec.encode_json, codec.encode_avro):
+        with pytest.raises(ValidationError) as info:
+            encode(event)
+        assert message in str(info.value)
 
 
 def test_encoding_refuses_what_consumers_would_reject():
