@@ -210,7 +210,7 @@ class OutboxRelay:
         codec = self.store.codec
         for row in claim.rows:
             try:
-                # The contract's headers, from the event the row holds (checked as any read).
+                # The contract's headers, from the event the codec reads back from the row.
                 headers = codec.headers(codec.decode_json(row.value))
                 fut = await producer.send(
                     row.topic, row.value, key=row.key.encode(), headers=headers
