@@ -376,7 +376,8 @@ def dlq_show(ref: str) -> None:
             click.echo(f"key      {d.key!r}")
             for k, v in d.headers:
                 click.echo(f"header   {k}: {v.decode(errors='replace')}")
-            click.echo(f"value    {(d.value or b'').decode(errors='replace')}")
+            for line in d.value_lines(EventCodec(limits=_settings().limits)):
+                click.echo(line)
             return
     click.echo(f"no record {ref}", err=True)
     sys.exit(1)

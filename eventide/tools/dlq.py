@@ -14,9 +14,12 @@ from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from schemas.codecs import EventCodec
 from streams.catalogue import CATALOGUE
 from streams.failures import DLQ_HEADERS, DLQ_SUFFIX
 from streams.settings import Settings
+
+from .history import decode_record
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,16 @@ class DeadLetter:
     def original_headers(self) -> list[tuple[str, bytes]]:
         """The headers as the producer sent them."""
         return [(k, v) for k, v in self.headers if k not in DLQ_HEADERS]
+
+    def value_lines(self, codec: EventCodec) -> list[str]:
+        """How ``eventide dlq show`` prints the value: the event decoded by the
+        registry-checked codec (Avro records too) in its JSON form, or why it
+        cannot be decoded followed by the raw value."""
+        event, error = decode_record(codec, self.value, self.original_headers())
+        if event is not None:
+            return [f"event    {codec.encode_json(event).decode()}"]
+        raw = (self.value or b"").decode(errors="replace")
+        return [f"decode   {error}", f"value    {raw}"]
 
 
 def dlq_topics(settings: Settings) -> list[str]:
