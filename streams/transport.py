@@ -19,12 +19,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from .assignor import HostAwareRangeAssignor
 from .catalogue import TopicSpec
-from .outputs import BatchSender
+from .confluent_sender import ConfluentSender
 from .settings import Settings
 from .topics import create_topics
 
@@ -128,9 +128,9 @@ class Transport(ChangelogReader, Protocol):
 
 
 class KafkaTransport:
-    """The engine's Kafka clients on aiokafka: an idempotent producer (acks=all)
-    behind a :class:`~streams.outputs.BatchSender`, and a group consumer with
-    static membership, manual commits and the host-aware assignor."""
+    """The engine's Kafka clients: an idempotent producer (acks=all) on librdkafka
+    (:class:`~streams.confluent_sender.ConfluentSender`), and an aiokafka group
+    consumer with static membership, manual commits and the host-aware assignor."""
 
     def __init__(
         self,
@@ -143,8 +143,7 @@ class KafkaTransport:
         self.changelogs = tuple(changelogs)
         """Changelog topics created (compacted) before the clients start."""
         self.consumer: AIOKafkaConsumer | None = None
-        self.producer: AIOKafkaProducer | None = None
-        self.sender: BatchSender | None = None
+        self.sender: ConfluentSender | None = None
 
     @property
     def group_id(self) -> str:
@@ -154,17 +153,7 @@ class KafkaTransport:
         settings = self.settings
         if self.changelogs:
             await create_topics(settings, self.changelogs)
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=settings.bootstrap_servers,
-            client_id=f"{self.group_id}-producer",
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=5,
-            max_batch_size=1024 * 1024,
-            max_request_size=8 * 1024 * 1024,
-        )
-        await self.producer.start()
-        self.sender = BatchSender(self.producer)
+        self.sender = ConfluentSender.create(settings, f"{self.group_id}-producer")
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.bootstrap_servers,
             client_id=f"{self.group_id}-consumer",
@@ -187,8 +176,8 @@ class KafkaTransport:
     async def stop(self) -> None:
         if self.consumer is not None:
             await self.consumer.stop()  # leaves the group: partitions move at once
-        if self.producer is not None:
-            await self.producer.stop()
+        if self.sender is not None:
+            await self.sender.close()
 
     def reader(self, purpose: str) -> AIOKafkaConsumer:
         """A consumer outside the group (manual assignment, no commits)."""
