@@ -229,9 +229,13 @@ class ConfluentSender:
 
     async def close(self, timeout: float = 30.0) -> None:
         """Wait (at most ``timeout``) for what is in flight, then stop polling."""
-        remaining = await asyncio.to_thread(self._producer.flush, timeout)
-        if remaining:
-            logger.warning("producer closed with %d records not acknowledged", remaining)
+        try:
+            remaining = await asyncio.to_thread(self._producer.flush, timeout)
+        except KafkaException as exc:  # a fatal error, served by flush() instead of poll()
+            self.on_error(exc.args[0])
+        else:
+            if remaining:
+                logger.warning("producer closed with %d records not acknowledged", remaining)
         self._polling.clear()
         if self._poller is not None:
             await asyncio.to_thread(self._poller.join, 5.0)
