@@ -128,7 +128,7 @@ class ProjectionEngine(Service):
         self.partitioner = KeyPartitioner(settings.partitions)
         self.rocksdb = RocksDBOptions()
         self.transport: Transport = transport or KafkaTransport(
-            settings, self.assignor, [changelog_spec(settings, p.table) for p in self.projections]
+            settings, self.assignor, [p.changelog_spec for p in self.projections]
         )
         self.standbys = StandbyReplicas(self)
         """Warm copies of partitions other workers own (EVENTIDE_STANDBY_REPLICAS)."""
@@ -157,6 +157,9 @@ class ProjectionEngine(Service):
 
     def changelog_topic(self, table: str) -> str:
         """The changelog topic of ``table``."""
+        projection = self.by_table.get(table)
+        if projection is not None:
+            return projection.changelog
         return self.settings.topic(changelog_spec(self.settings, table).name)
 
     def store_path(self, table: str, partition: int) -> Path:
