@@ -192,6 +192,11 @@ class BatchCommit:
 
     # -- 5. RocksDB ------------------------------------------------------------
 
+    async def acknowledged(self) -> None:
+        """Wait until the broker has acknowledged the batch's changelog records."""
+        assert self._changelog is not None, "produce_changelog() comes first"
+        await self._changelog.acknowledged()
+
     async def write_stores(self) -> None:
         """Wait for the changelog's acks; flush every transaction to its store
         with the changelog offset that covers it."""

@@ -8,6 +8,8 @@ one opened over the same data directory and broker.
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 import pytest
 from aiokafka import TopicPartition
@@ -106,6 +108,19 @@ async def test_a_batch_reaches_the_read_model_changelog_outputs_and_offsets(tmp_
     assert broker.committed[SOURCE] == 3
     store = engine.stores[("orders", 0)]
     assert (store.offset("order-events"), store.offset(CHANGELOG)) == (2, 2)
+
+
+async def test_a_batch_with_no_successor_is_completed_as_soon_as_acknowledged(tmp_path):
+    # Latency: with no backlog no next batch comes soon to complete this one;
+    # it must reach RocksDB and the group's offsets on its acks alone.
+    broker = FakeBroker()
+    engine = await open_engine(tmp_path, broker)
+    await engine.process(publish(broker, placed("o-1")))
+    store = engine.stores[("orders", 0)]
+    assert store.get(b"o-1") is None and SOURCE not in broker.committed
+    await asyncio.sleep(0.01)  # the acks arrive; no other batch, no empty fetch
+    assert store.get(b"o-1")["status"] == "pending"
+    assert broker.committed[SOURCE] == 1
 
 
 async def test_records_the_store_has_applied_are_skipped(tmp_path):
