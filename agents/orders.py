@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from schemas.codecs import EventCodec
 from schemas.exceptions import ValidationError
 from streams.catalogue import CUSTOMER_FACTS, ORDER_EVENTS, ORDER_VIEWS
@@ -54,8 +52,9 @@ class OrdersProjection(Projection):
         doc = apply_order_event(current, envelope)
         if doc is None:
             return
-        encoded = orjson.dumps(doc)
-        ctx.tx.set(key, doc, encoded)  # and so to order-views, the table's changelog
+        # Encoded once per changed key when the batch is prepared, then produced to
+        # order-views (the table's changelog) and written to RocksDB as those bytes.
+        ctx.tx.set(key, doc)
         if fact_changed(current, doc):
             fact = order_fact(doc)
-            ctx.emit(self.facts_topic, fact["customerId"].encode(), orjson.dumps(fact), dedupe=key)
+            ctx.emit(self.facts_topic, fact["customerId"].encode(), fact, dedupe=key)

@@ -101,14 +101,16 @@ class BatchContext:
 
     tx: Transaction
     """The partition's transaction for this batch."""
-    outputs: dict[tuple[str, bytes], tuple[bytes, bytes]] = field(default_factory=dict)
+    outputs: dict[tuple[str, bytes], tuple[bytes, Any]] = field(default_factory=dict)
     """(topic, dedupe id) → (key, value) to emit after the batch; last write wins."""
 
-    def emit(self, topic: str, key: bytes, value: bytes, dedupe: bytes | None = None) -> None:
+    def emit(self, topic: str, key: bytes, value: Any, dedupe: bytes | None = None) -> None:
         """Emit ``value`` under ``key`` on ``topic`` with the batch's other records.
 
         Within one batch only the last value per ``(topic, dedupe)`` is sent
         (``dedupe`` defaults to the key): a read model emits its net change.
+        ``value`` is bytes, or a JSON-serialisable document encoded once, when
+        the batch is sent (a value overwritten within the batch is never encoded).
         """
         self.outputs[(topic, key if dedupe is None else dedupe)] = (key, value)
 
