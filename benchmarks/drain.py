@@ -292,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--verify", type=int, default=2000, help="read models checked per table")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument(
+        "--port", type=int, default=36066, help="web port of the worker; the naive agent's is next"
+    )
+    ap.add_argument(
         "--fail-rate",
         type=float,
         default=0.0,
@@ -341,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
 
-    eventide, naive = settings("eventide", 36066), settings("naive", 36067)
+    eventide, naive = settings("eventide", args.port), settings("naive", args.port + 1)
     try:
         log(f"generating {args.orders:,} orders for {args.customers:,} customers")
         work = make_workload(args.orders, args.customers, seed=args.seed, flaky_rate=args.fail_rate)
