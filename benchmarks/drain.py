@@ -8,10 +8,14 @@ duplicates) into fresh topics, then, in the same run and on the same data:
 
 0. the ceiling: a bare aiokafka consumer reads every pre-loaded event (no
    state, no output), once without and once with Eventide's decoder; no
-   Python worker can go faster than the second rate on this machine;
+   Python worker can go faster than the second rate on this machine; then a
+   bare confluent-kafka (librdkafka) consumer reads them all once, the
+   read-only ceiling of the engine's default client (EVENTIDE_KAFKA_CLIENT);
 1. Eventide: one ``eventide worker`` drains both read models (orders, and
    customers through the customer-facts repartition topic); ``--projections``
    adds notifications (the issue's benchmark is the two read models);
+   ``--kafka-client`` (default: $EVENTIDE_KAFKA_CLIENT, else confluent) picks
+   the engine's Kafka client;
 2. the naive Faust agent (one table write per event) drains ``--naive-events``
    of the same order events (it is slow; its rate is what matters);
 3. the rebuild: Eventide's local RocksDB is deleted and the worker restarts,
@@ -43,6 +47,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from confluent_kafka import OFFSET_BEGINNING, Consumer
+from confluent_kafka import TopicPartition as RdPartition
 
 from eventide.tools import devbroker
 from eventide.tools.demo import fetch_json
@@ -245,8 +251,38 @@ async def _read_all(settings: Settings, total: int, decode: bool) -> dict[str, f
     return {"events_per_s": seen / elapsed, "cpu_us_per_event": cpu / seen * 1e6}
 
 
+def _read_all_confluent(settings: Settings, total: int) -> dict[str, float]:
+    """A bare confluent-kafka consumer reads every event once (batch ``consume``)."""
+    topics = [settings.topic(ORDER_EVENTS.name), settings.topic(USER_EVENTS.name)]
+    consumer = Consumer(
+        {
+            "bootstrap.servers": ",".join(settings.bootstrap_servers),
+            "group.id": f"ceiling-{uuid.uuid4().hex[:8]}",  # assigned, never joined
+            "enable.auto.commit": False,
+            "max.partition.fetch.bytes": 4 * 1024 * 1024,
+            "fetch.max.bytes": 32 * 1024 * 1024,
+        }
+    )
+    consumer.assign(
+        [RdPartition(t, p, OFFSET_BEGINNING) for t in topics for p in range(settings.partitions)]
+    )
+    try:
+        seen, t0, cpu0 = 0, 0.0, 0.0
+        while seen < total:
+            # consume() waits for all it asks for: never ask past the last event
+            messages = consumer.consume(min(10_000, total - seen), 1.0)
+            if messages and not seen:
+                t0, cpu0 = time.perf_counter(), time.process_time()
+            seen += len(messages)
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    finally:
+        consumer.close()
+    return {"events_per_s": seen / elapsed, "cpu_us_per_event": cpu / seen * 1e6}
+
+
 def ceiling(settings: Settings, total: int) -> dict[str, dict[str, float]]:
-    """Rates of a bare consumer over the pre-loaded events: read only, and read + decode.
+    """Rates of bare consumers over the pre-loaded events: aiokafka read only and
+    read + decode, confluent-kafka read only (its CPU includes librdkafka's threads).
 
     This process holds the expected read models (millions of objects); they are
     frozen out of the garbage collector's sight meanwhile, as a worker's heap
@@ -258,6 +294,7 @@ def ceiling(settings: Settings, total: int) -> dict[str, dict[str, float]]:
         return {
             "read": asyncio.run(_read_all(settings, total, decode=False)),
             "read_decode": asyncio.run(_read_all(settings, total, decode=True)),
+            "confluent_read": _read_all_confluent(settings, total),
         }
     finally:
         gc.unfreeze()
@@ -310,6 +347,12 @@ def main(argv: list[str] | None = None) -> int:
         "--no-ceiling", action="store_true", help="skip the bare-consumer ceiling measurement"
     )
     ap.add_argument(
+        "--kafka-client",
+        choices=["confluent", "aiokafka"],
+        default=os.environ.get("EVENTIDE_KAFKA_CLIENT", "confluent"),
+        help="EVENTIDE_KAFKA_CLIENT of the measured worker (default: from the environment)",
+    )
+    ap.add_argument(
         "--format",
         choices=["avro", "json"],
         default="avro",
@@ -341,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
                 "EVENTIDE_LOG_LEVEL": "info",
                 "EVENTIDE_RETRY_BACKOFF_MS": "200",
                 "EVENTIDE_PROJECTIONS": args.projections,
+                "EVENTIDE_KAFKA_CLIENT": args.kafka_client,
             }
         )
 
@@ -374,10 +418,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"ceiling: read {ceil['read']['events_per_s']:,.0f}/s "
                 f"({ceil['read']['cpu_us_per_event']:.1f} µs CPU/event), read + decode "
                 f"{ceil['read_decode']['events_per_s']:,.0f}/s "
-                f"({ceil['read_decode']['cpu_us_per_event']:.1f} µs CPU/event)"
+                f"({ceil['read_decode']['cpu_us_per_event']:.1f} µs CPU/event); "
+                f"confluent-kafka read {ceil['confluent_read']['events_per_s']:,.0f}/s "
+                f"({ceil['confluent_read']['cpu_us_per_event']:.1f} µs CPU/event)"
             )
 
-        log(f"eventide: draining ({args.projections})")
+        log(f"eventide: draining ({args.projections}; {args.kafka_client} client)")
         progress = Progress(eventide)
         flaky = [sys.executable, "-m", "benchmarks.flaky_worker"] if args.fail_rate else None
         e = drain_eventide(eventide, total, workdir, progress, flaky)
@@ -431,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
         "customers": args.customers,
         "partitions": args.partitions,
         "projections": args.projections,
+        "kafka_client": args.kafka_client,
         "ceiling": ceil,
         "eventide": e,
         "naive_faust": n,
@@ -442,12 +489,13 @@ def main(argv: list[str] | None = None) -> int:
     out = RESULTS / f"drain-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(result, indent=2))
     rows = [
-        f"| bare aiokafka consumer, {label} (ceiling, no state) | {total:,} | | "
+        f"| bare {label} (ceiling, no state) | {total:,} | | "
         f"{c['events_per_s']:,.0f} | {to_naive(c['events_per_s']):.1f}x | "
         f"{c['cpu_us_per_event']:.1f} |\n"
         for label, c in (
-            ("read only", ceil.get("read")),
-            ("read + decode", ceil.get("read_decode")),
+            ("aiokafka consumer, read only", ceil.get("read")),
+            ("aiokafka consumer, read + decode", ceil.get("read_decode")),
+            ("confluent-kafka consumer, read only", ceil.get("confluent_read")),
         )
         if c
     ]
@@ -455,7 +503,8 @@ def main(argv: list[str] | None = None) -> int:
         "| implementation | events | seconds | events/s | ratio to naive | CPU µs/event |\n"
         "|---|---:|---:|---:|---:|---:|\n"
         + "".join(rows)
-        + f"| eventide (batch engine: {args.projections}; {args.format}) | {total:,} | "
+        + f"| eventide (batch engine: {args.projections}; {args.format}; "
+        f"{args.kafka_client}) | {total:,} | "
         f"{e['drain_s']:.1f} | "
         f"{e['events_per_s']:,.0f} | {result['ratio_eventide_to_naive']:.1f}x | "
         f"{e['worker_cpu_us_per_event']:.1f} |\n"
