@@ -324,7 +324,7 @@ class ConfluentConsumer:
         tps = [self._tp(p.topic, p.partition) for p in partitions]
         if not self._closing and self._listener is not None:
             self._bridge(self._listener.on_partitions_revoked(tps))
-        self._assigned.difference_update(tps)
+        self._assigned = self._assigned - set(tps)  # a new set: the loop thread reads it
         consumer.unassign()
 
     def _bridge(self, coroutine: Awaitable[None]) -> None:

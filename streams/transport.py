@@ -80,7 +80,10 @@ class RecordSender(Protocol):
 
 
 class Consumer(Protocol):
-    """What the engine uses of its group consumer (aiokafka's ``AIOKafkaConsumer``)."""
+    """What the engine uses of its group consumer: aiokafka's ``AIOKafkaConsumer``, or
+    :class:`~streams.confluent_consumer.ConfluentConsumer`. The records of ``getmany``
+    have ``topic partition offset key value headers timestamp``; a failed ``commit``
+    of a group that has moved on raises aiokafka's ``CommitFailedError``."""
 
     async def getmany(
         self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
