@@ -93,6 +93,13 @@ class Progress:
         done = sum(m.offset for tp, m in committed.items() if tp in ends and m.offset > 0)
         return done, sum(ends.values())
 
+    def ends(self, topics: list[str]) -> dict[tuple[str, int], int]:
+        """End offset of every partition of ``topics``: (topic, partition) → offset."""
+        parts = range(self.settings.partitions)
+        tps = [TopicPartition(t, p) for t in topics for p in parts]
+        ends = self.loop.run_until_complete(self.consumer.end_offsets(tps))
+        return {(tp.topic, tp.partition): offset for tp, offset in ends.items()}
+
     def close(self) -> None:
         self.loop.run_until_complete(self.consumer.stop())
         self.loop.run_until_complete(self.admin.close())
@@ -106,21 +113,46 @@ def cpu_seconds(pid: int) -> float:
 
 
 def wait_until(
-    check: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen[bytes]
-) -> None:
+    check: Callable[[], bool],
+    timeout: float,
+    what: str,
+    proc: subprocess.Popen[bytes],
+    interval: float = 0.5,
+) -> float:
+    """Call ``check`` every ``interval`` s until it holds; returns the time.monotonic() it did."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"{what}: the process exited with {proc.returncode}")
         if check():
-            return
-        time.sleep(0.5)
+            return time.monotonic()
+        time.sleep(interval)
     raise SystemExit(f"{what}: not done after {timeout:.0f}s")
 
 
-def start(cmd: list[str], settings: Settings, logfile: Path) -> subprocess.Popen[bytes]:
+STARTED: list[subprocess.Popen[bytes]] = []
+"""Every process :func:`start` started, for :func:`stop_started` to end on the way out."""
+
+
+def start(
+    cmd: list[str], settings: Settings, logfile: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     with logfile.open("ab") as out:
-        return subprocess.Popen(cmd, env=env_of(settings), stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            cmd,
+            env={**env_of(settings), **(extra_env or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    STARTED.append(proc)
+    return proc
+
+
+def stop_started() -> None:
+    """Stop every process :func:`start` started that still runs (a failed run leaves none)."""
+    while STARTED:
+        stop(STARTED.pop())
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
