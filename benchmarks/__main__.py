@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -48,21 +47,14 @@ from streams.settings import Settings
 from streams.topics import ensure_topics
 
 from . import report
-from .drain import Progress, log, ready, start, stop, stop_started, wait_until
 from .latency import latency_at_loads
+from .procs import Progress, free_port, log, ready, start, stop, stop_started, wait_until
 from .scaling import scaling
 from .suite_report import latency_report, scaling_report, throughput_report
 from .timing import READY_POLL_S, drain_peer, drain_worker, topics_of
 from .workload import Workload, expected_state, make_workload, publish
 
 SCENARIOS = ("throughput", "scaling", "latency")
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on now (the kernel's choice)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def verify(settings: Settings, expected: dict[str, dict[str, Any]], n: int) -> dict[str, int]:

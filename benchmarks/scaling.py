@@ -33,7 +33,7 @@ from typing import Any
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
-from .drain import Progress, cpu_seconds, log, start, stop, wait_until
+from .procs import Progress, cpu_seconds, log, start, stop, wait_until
 from .timing import POLL_S, drained, noise_meter, table_sources, topics_of
 from .workload import Workload, publish
 

@@ -35,8 +35,8 @@ from streams.failures import retry_topic
 from streams.settings import Settings
 
 from .cpu import CpuMeter
-from .drain import Progress, cpu_seconds, log, ready, start, stop, wait_until
 from .peers.mark import read_mark
+from .procs import Progress, cpu_seconds, log, ready, start, stop, wait_until
 
 POLL_S = 0.1
 """Seconds between two reads of the group's committed offsets."""
