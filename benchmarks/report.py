@@ -192,10 +192,11 @@ def write_index() -> None:
                 f"[{result.get('when', '?')}]({name}/README.md), "
                 f"{m.get('cores', '?')} cores, commit {m.get('commit') or '?'}"
             )
-        elif (REFERENCE / name).is_dir():
-            ran = f"[{name}/]({name}/)"
         else:
             ran = "none kept yet"
+        notes = sorted(p.name for p in (REFERENCE / name).glob("*.md") if p.name != "README.md")
+        if notes:
+            ran += "; also " + ", ".join(f"[{n.removesuffix('.md')}]({name}/{n})" for n in notes)
         lines.append(f"| {name} | {what} | {ran} |")
     lines += [
         "",
