@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> None:
         help="write the report to docs/benchmarks/commands/ (kept in git)",
     )
     args = parser.parse_args(argv)
-    command = report.command_line("benchmarks.commands", argv)
+    command = report.command_line("benchmarks.commands", argv, env=["EVENTIDE_BROKER_URL"])
     machine = report.machine()
     when = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     base = Settings.from_env()
@@ -481,6 +481,11 @@ def commands_report(doc: dict[str, Any], out: Path) -> str:
     ]
     names = [r["backend"] for r in results]
     base = results[0]["commands_per_s"] if results else None
+    colors = {
+        f"{n}{q}": "tab:blue" if n == "sqlite" else "tab:purple"
+        for n in names
+        for q in ("", " p50", " p99")
+    }
     report.hbars(
         out / "throughput.png",
         "Command API: order lifecycles over HTTP, outbox relay to Kafka",
@@ -501,6 +506,7 @@ def commands_report(doc: dict[str, Any], out: Path) -> str:
                 ],
             ),
         ],
+        colors,
     )  # fmt: skip
     report.hbars(
         out / "latency.png",
@@ -523,6 +529,7 @@ def commands_report(doc: dict[str, Any], out: Path) -> str:
                 ],
             ),
         ],
+        colors,
     )
     return "\n".join(lines)
 

@@ -65,10 +65,12 @@ def color_of(name: str) -> str:
     return COLORS["other"]
 
 
-def command_line(module: str, argv: Sequence[str] | None) -> str:
-    """The command that reproduces this run, as typed from the repository root."""
+def command_line(module: str, argv: Sequence[str] | None, env: Sequence[str] = ()) -> str:
+    """The command that reproduces this run, as typed from the repository root, with the
+    variables of ``env`` that are set (those the scenario reads instead of options)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    return shlex.join(["python", "-m", module, *args])
+    prefix = [f"{name}={os.environ[name]}" for name in env if name in os.environ]
+    return shlex.join([*prefix, "python", "-m", module, *args])
 
 
 def kafka_version() -> str:
@@ -219,10 +221,12 @@ def hbars(
     path: Path,
     title: str,
     panels: list[tuple[str, list[tuple[str, float | None, str]]]],
+    colors: dict[str, str] | None = None,
 ) -> None:
     """Horizontal bar panels side by side, one bar per implementation, values written on them.
 
-    ``panels``: (x-axis label with its unit, [(bar label, value, text on the bar)]).
+    ``panels``: (x-axis label with its unit, [(bar label, value, text on the bar)]);
+    a bar's colour is ``colors[label]``, else its implementation's (:func:`color_of`).
     """
     import matplotlib
 
@@ -237,7 +241,9 @@ def hbars(
         labels = [b[0] for b in bars][::-1]
         values = [b[1] or 0.0 for b in bars][::-1]
         texts = [b[2] for b in bars][::-1]
-        drawn = ax.barh(labels, values, color=[color_of(label) for label in labels])
+        drawn = ax.barh(
+            labels, values, color=[(colors or {}).get(label) or color_of(label) for label in labels]
+        )
         ax.bar_label(drawn, labels=texts, padding=3, fontsize=8)
         ax.set_xlabel(xlabel)
         ax.set_xlim(0, max(values or [1.0]) * 1.45 or 1.0)
