@@ -349,65 +349,80 @@ def _record_reader(
 ) -> Read:
     """The decoder of a record: its fields in writer order, then the reader's defaults.
 
-    Kept in one piece (about 65 lines): it is the hot path of every Avro
-    decode, and its loop decodes the common field kinds inline, reading its
-    constants from closure cells, with no call per field.
+    The decoder is generated as straight-line Python for the record's fields
+    (one block per field, the common kinds decoded inline) and compiled once:
+    no loop over the fields, no call per inline field, and the record built as
+    one dict display at the end. ``dropped`` fields (name None) are read and
+    not kept.
     """
-    # Runs of consecutive fields of one inline kind become one segment, read in a
-    # tight loop: (kind, names, the decoder of an _OTHER field).
-    segments: list[tuple[int, tuple[str | None, ...], Read]] = []
-    for name, kind, read in fields:
-        if segments and kind != _OTHER and segments[-1][0] == kind:
-            segments[-1] = (kind, (*segments[-1][1], name), read)
-        else:
-            segments.append((kind, (name,), read))
-    steps = tuple(segments)
-    unpack_double = UNPACK_DOUBLE
-    mutable = (list, dict)
+    del dropped  # dropped fields are simply not put in the dict display
+    env: dict[str, Any] = {
+        "read_string": read_string,
+        "read_long": read_long,
+        "read_int": read_int,
+        "unpack_double": UNPACK_DOUBLE,
+        "MalformedAvro": MalformedAvro,
+        "deepcopy": copy.deepcopy,
+    }
+    lines = ["def read_record(buf, pos):"]
+    items: list[str] = []
+    for i, (name, kind, read) in enumerate(fields):
+        env[f"r{i}"] = read
+        lines += [f"    {line}" for line in _field_source(i, kind)]
+        if name is not None:
+            env[f"k{i}"] = name
+            items.append(f"k{i}: v{i}")
+    for j, (name, default) in enumerate(defaults):
+        env[f"dk{j}"], env[f"d{j}"] = name, default
+        mutable = type(default) in (list, dict)
+        items.append(f"dk{j}: deepcopy(d{j})" if mutable else f"dk{j}: d{j}")
+    lines.append(f"    return {{{', '.join(items)}}}, pos")
+    exec(compile("\n".join(lines), "<avro record reader>", "exec"), env)
+    return env["read_record"]
 
-    def read_record(buf: bytes, pos: int) -> tuple[Any, int]:
-        record: dict[str | None, Any] = {}
-        for kind, names, read in steps:
-            if kind == 0:  # _STRING
-                for name in names:
-                    b = buf[pos]
-                    if b & 0x81:  # a length of 64 or more, or negative
-                        record[name], pos = read_string(buf, pos)
-                    else:
-                        start = pos + 1
-                        pos = start + (b >> 1)
-                        record[name] = buf[start:pos].decode()
-            elif kind == 3:  # _DOUBLE
-                for name in names:
-                    record[name] = unpack_double(buf, pos)[0]
-                    pos += 8
-            elif kind == 4:  # _OPT_STRING
-                for name in names:
-                    b = buf[pos]
-                    if b == 0:
-                        record[name] = None
-                        pos += 1
-                    elif b == 2:
-                        record[name], pos = read_string(buf, pos + 1)
-                    else:
-                        raise MalformedAvro(f"union index {(b >> 1) ^ -(b & 1)} out of range 0..1")
-            elif kind == 5:  # _OTHER
-                record[names[0]], pos = read(buf, pos)
-            else:  # _LONG, _INT
-                for name in names:
-                    b = buf[pos]
-                    if b < 0x80:
-                        record[name] = (b >> 1) ^ -(b & 1)
-                        pos += 1
-                    else:
-                        record[name], pos = (read_long if kind == 1 else read_int)(buf, pos)
-        if dropped:
-            del record[None]  # fields the reader does not know
-        for name, default in defaults:
-            record[name] = copy.deepcopy(default) if type(default) in mutable else default
-        return record, pos
 
-    return read_record
+def _field_source(i: int, kind: int) -> list[str]:
+    """The lines that read field ``i`` of ``kind`` into ``v{i}`` and advance ``pos``."""
+    if kind == _STRING:
+        return [
+            "b = buf[pos]",
+            "if b & 0x81:  # a length of 64 or more, or negative",
+            f"    v{i}, pos = read_string(buf, pos)",
+            "else:",
+            "    s = pos + 1",
+            "    pos = s + (b >> 1)",
+            f"    v{i} = buf[s:pos].decode()",
+        ]
+    if kind in (_LONG, _INT):
+        read = "read_long" if kind == _LONG else "read_int"
+        return [
+            "b = buf[pos]",
+            "if b < 0x80:",
+            f"    v{i} = (b >> 1) ^ -(b & 1)",
+            "    pos += 1",
+            "else:",
+            f"    v{i}, pos = {read}(buf, pos)",
+        ]
+    if kind == _DOUBLE:
+        return [f"v{i} = unpack_double(buf, pos)[0]", "pos += 8"]
+    if kind == _OPT_STRING:
+        return [
+            "b = buf[pos]",
+            "if b == 0:",
+            f"    v{i} = None",
+            "    pos += 1",
+            "elif b == 2:",
+            "    b = buf[pos + 1]",
+            "    if b & 0x81:",
+            f"        v{i}, pos = read_string(buf, pos + 1)",
+            "    else:",
+            "        s = pos + 2",
+            "        pos = s + (b >> 1)",
+            f"        v{i} = buf[s:pos].decode()",
+            "else:",
+            '    raise MalformedAvro(f"union index {(b >> 1) ^ -(b & 1)} out of range 0..1")',
+        ]
+    return [f"v{i}, pos = r{i}(buf, pos)"]
 
 
 def _optional_string(null_index: int) -> Read:
