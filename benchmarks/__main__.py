@@ -274,6 +274,11 @@ def main(argv: list[str] | None = None) -> int:
         "--skip", default="", help="comma-separated: throughput, peers, scaling, latency"
     )
     ap.add_argument(
+        "--keep-logs",
+        action="store_true",
+        help="keep the work folder (every process's log) instead of deleting it",
+    )
+    ap.add_argument(
         "--reference",
         action="store_true",
         help="write each scenario's report to docs/benchmarks/<scenario>/ (kept in git)",
@@ -319,7 +324,10 @@ def main(argv: list[str] | None = None) -> int:
         markdown = writers[scenario](result, out)
         report.write(out, result, markdown, args.reference)
         print(markdown)
-    shutil.rmtree(suite.workdir, ignore_errors=True)
+    if args.keep_logs:
+        print(f"logs: {suite.workdir}")
+    else:
+        shutil.rmtree(suite.workdir, ignore_errors=True)
     return 0
 
 

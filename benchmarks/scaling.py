@@ -140,11 +140,17 @@ def drain_group(
         for s in workers:
             _post(s, "/admin/resume")
         shown = [t0]
+        first_commit: list[float] = []
 
         def done() -> bool:
-            if time.monotonic() - shown[0] > 5:
-                log(f"  {len(workers)} worker(s): {progress(group, sources)[0]:,}/{total:,}")
-                shown[0] = time.monotonic()
+            now = time.monotonic()
+            if not first_commit or now - shown[0] > 5:
+                committed = progress(group, sources)[0]
+                if committed and not first_commit:
+                    first_commit.append(now - t0)
+                if now - shown[0] > 5:
+                    log(f"  {len(workers)} worker(s): {committed:,}/{total:,}")
+                    shown[0] = now
             return drained(progress, group, sources, tail)
 
         t1 = wait_until(done, 3600, f"{len(workers)} workers: drain", procs[0], POLL_S)
@@ -178,6 +184,8 @@ def drain_group(
         "other_cores": cores["other"],
         "processed_while_paused": early,
         "rebalanced": rebalanced,
+        # how long the first batches took before anything was committed (a diagnosis)
+        "first_commit_s": first_commit[0] if first_commit else elapsed,
     }
     log(
         f"{len(workers)} worker(s): {total:,} events in {elapsed:.1f}s = "
