@@ -182,11 +182,12 @@ def write_index() -> None:
         "(the ratios), not absolute rates across runs. Each report gives the load average",
         "before the run and, per measured window, the cores used by other programs.",
         "",
-        "| scenario | what it measures | reference run |",
-        "|---|---|---|",
+        "| scenario | what it measures | reference run | in that run |",
+        "|---|---|---|---|",
     ]
     for name, what in SCENARIOS.items():
         path = REFERENCE / name / "result.json"
+        seen = ""
         if path.exists():
             result = json.loads(path.read_text())
             m = result.get("machine", {})
@@ -194,20 +195,104 @@ def write_index() -> None:
                 f"[{result.get('when', '?')}]({name}/README.md), "
                 f"{m.get('cores', '?')} cores, commit {m.get('commit') or '?'}"
             )
+            try:
+                seen = HEADLINES[name](result)
+            except (KeyError, TypeError, ValueError, ZeroDivisionError, IndexError):
+                seen = "see its page"
         else:
             ran = "none kept yet"
         notes = sorted(p.name for p in (REFERENCE / name).glob("*.md") if p.name != "README.md")
         if notes:
             ran += "; also " + ", ".join(f"[{n.removesuffix('.md')}]({name}/{n})" for n in notes)
-        lines.append(f"| {name} | {what} | {ran} |")
+        lines.append(f"| {name} | {what} | {ran} | {seen} |")
     lines += [
         "",
-        "To replace a reference run, run its command (the first lines of its README.md)",
-        "with `--reference` on a quiet machine and commit the folder.",
+        "To replace a reference run, run the command at the top of its README.md (it",
+        "carries `--reference`) with the bench virtualenv's Python (`.venv-bench/bin/python`,",
+        "see [`benchmarks/README.md`](../../benchmarks/README.md)) on a quiet machine, and",
+        "commit the folder.",
         "",
     ]
     REFERENCE.mkdir(parents=True, exist_ok=True)
     (REFERENCE / "README.md").write_text("\n".join(lines))
+
+
+def _throughput(r: dict[str, Any]) -> str:
+    rows = r["rows"]
+    quix = rows.get("quix_streams", {}).get("events_per_s")
+    parts = [
+        f"{label} {rows[key]['events_per_s']:,.0f}/s ({ratio(rows[key]['events_per_s'], quix)} "
+        "Quix Streams)"
+        for key, label in (("eventide_orders", "orders only"), ("eventide", "orders + customers"))
+        if key in rows and quix
+    ]
+    return "Eventide " + "; ".join(parts) if parts else "see its page"
+
+
+def _scaling(r: dict[str, Any]) -> str:
+    return "; ".join(
+        f"{row['workers']} worker{'s' if row['workers'] > 1 else ''}: "
+        f"{row['events_per_s']:,.0f}/s, "
+        f"{row['cpu_us_per_event']:.0f} µs CPU/event"
+        for row in r["rows"]
+    )
+
+
+def _latency(r: dict[str, Any]) -> str:
+    return "; ".join(
+        f"p99 {row['p99_s'] * 1000:,.0f} ms at {row['offered_per_s']:,}/s"
+        for row in r["rows"]
+        if row["p99_s"] is not None
+    )
+
+
+def _drain(r: dict[str, Any]) -> str:
+    e, read = r["eventide"], r["ceiling"].get("read", {}).get("events_per_s")
+    naive = (r.get("naive_faust") or {}).get("events_per_s")
+    return (
+        f"Eventide {e['events_per_s']:,.0f}/s on {r['events']:,} events"
+        + (f", {ratio(e['events_per_s'], read)} the bare read-only consumer" if read else "")
+        + (f", {ratio(e['events_per_s'], naive)} the naive Faust agent" if naive else "")
+    )
+
+
+def _crash(r: dict[str, Any]) -> str:
+    return (
+        "; ".join(
+            f"{t}: {r[f'{t}_audit']['lost']} lost, {r[f'{t}_audit']['double_applied']} "
+            "double-applied"
+            for t in ("orders", "customers")
+        )
+        + f" ({r['kills']} kills)"
+    )
+
+
+def _codecs(r: dict[str, Any]) -> str:
+    placed = r["results"].get("order.placed") or next(iter(r["results"].values()))
+    rates = placed["rates"]
+    return (
+        f"order.placed decode: JSON {rates['json decode']:,.0f}/s, "
+        f"Avro {rates['avro decode']:,.0f}/s"
+    )
+
+
+def _commands(r: dict[str, Any]) -> str:
+    return "; ".join(
+        f"{x['backend']} {x['commands_per_s']:,.0f} commands/s, p99 {x['latency_p99_ms']:.0f} ms"
+        for x in r["results"]
+    )
+
+
+HEADLINES = {
+    "throughput": _throughput,
+    "scaling": _scaling,
+    "latency": _latency,
+    "drain": _drain,
+    "crash": _crash,
+    "codecs": _codecs,
+    "commands": _commands,
+}
+"""Scenario → its main figures in one line, for the index."""
 
 
 def ratio(value: float | None, base: float | None) -> str:

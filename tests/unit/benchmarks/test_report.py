@@ -205,3 +205,22 @@ def test_scaling_waits_for_every_table_partition_owned_exactly_once(monkeypatch)
     assert scaling.assignment(workers, expected) is None  # customers[1] unowned
     health[7002] = {"status": "starting", "partitions": []}
     assert scaling.assignment(workers, expected) is None
+
+
+def test_the_index_gives_each_kept_runs_main_figures():
+    rows = {"eventide_orders": _row(26_000, 1.0, 30.0), "quix_streams": _row(26_000, 2.0, 70.0)}
+    assert report.HEADLINES["throughput"]({"rows": rows}) == (
+        "Eventide orders only 26,000/s (2.00x Quix Streams)"
+    )
+    scaled = [
+        {"workers": 1, "events_per_s": 8000.0, "cpu_us_per_event": 70.0},
+        {"workers": 2, "events_per_s": 9000.0, "cpu_us_per_event": 75.4},
+    ]
+    assert report.HEADLINES["scaling"]({"rows": scaled}) == (
+        "1 worker: 8,000/s, 70 µs CPU/event; 2 workers: 9,000/s, 75 µs CPU/event"
+    )
+    audit = {"lost": 0, "double_applied": 0, "other": 0}
+    crash = {"orders_audit": audit, "customers_audit": audit, "kills": 5}
+    assert report.HEADLINES["crash"](crash) == (
+        "orders: 0 lost, 0 double-applied; customers: 0 lost, 0 double-applied (5 kills)"
+    )
