@@ -317,7 +317,8 @@ def drain_report(result: dict[str, Any], out: Path) -> str:
     naive = n["events_per_s"] if n else None
     bare = (("read only", ceil.get("read")), ("read + decode", ceil.get("read_decode")))
     rows: list[tuple[str, int, float | None, float, float]] = [
-        (f"bare aiokafka consumer, {label} (no state, no output)", result["events"], None,
+        (f"bare aiokafka consumer, {label} (no state, no output)", result["events"],
+         result["events"] / c["events_per_s"],
          c["events_per_s"], c["cpu_us_per_event"])
         for label, c in bare
         if c

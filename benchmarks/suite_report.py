@@ -82,7 +82,9 @@ def throughput_markdown(result: dict[str, Any]) -> str:
             "The peers read `order-events` only. *Eventide, orders only* "
             "(`EVENTIDE_PROJECTIONS=orders`) is the same projection on the same events; "
             "*Eventide, 1 worker* also maintains the customers read model through the "
-            "customer-facts topic it writes and reads back, so it does more work per event.",
+            "customer-facts topic it writes and reads back, so it does more work per event. "
+            "Quix Streams sends a view for every applied event; Eventide sends the net "
+            "change, one view per changed key per batch.",
             "",
         ]
     checks = [
@@ -177,6 +179,7 @@ def scaling_markdown(result: dict[str, Any]) -> str:
             f"{r['cpu_us_per_event']:.1f} | {workers_cores:.2f} / {cores.get('broker', 0):.2f} / "
             f"{cores['other']:.2f} | {'; '.join(notes)} |"
         )
+    lines += ["", _cpu_sentence(rows)] if rows else []
     lines += [
         "",
         f"Projections: {args['projections']}. Each row drains the same workload "
@@ -194,6 +197,22 @@ def scaling_markdown(result: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _cpu_sentence(rows: list[dict[str, Any]]) -> str:
+    """How each worker's CPU per event moved with the number of workers, in words."""
+    base = rows[0]["cpu_us_per_event"]
+    parts = []
+    for r in rows:
+        each = [w["cpu_us_per_event"] for w in r["per_worker"] if w["cpu_us_per_event"]]
+        spread = f"{min(each):.0f}" if len(each) < 2 else f"{min(each):.0f}-{max(each):.0f}"
+        change = r["cpu_us_per_event"] / base - 1
+        parts.append(
+            f"{r['workers']} worker{'s' if r['workers'] > 1 else ''}: {spread} µs"
+            + (" each" if len(each) > 1 else "")
+            + ("" if r is rows[0] else f" ({change:+.0%} against {rows[0]['workers']})")
+        )
+    return "CPU per event of each worker in this run: " + "; ".join(parts) + "."
 
 
 def _scaling_plot(rows: list[dict[str, Any]], path: Path, partitions: int) -> None:
