@@ -371,17 +371,22 @@ def drain_report(result: dict[str, Any], out: Path) -> str:
         "![Events/s and CPU per event](throughput.png)",
         "",
     ]
+    short = [r[0].split(" (")[0].replace(" consumer", "") for r in rows]
     report.hbars(
         out / "throughput.png",
-        f"Drain of {result['events']:,} pre-loaded {result['format']} events, one process each",
+        f"Drain of {result['events']:,} pre-loaded {result['format'].replace('avro', 'Avro')} "
+        "events, one process each",
         [
             (
                 "events/s (higher is better; ratio to the bare read-only consumer)",
-                [(r[0], r[3], f"{r[3]:,.0f}/s  {report.ratio(r[3], read)}") for r in rows],
+                [
+                    (label, r[3], f"{r[3]:,.0f}/s  {report.ratio(r[3], read)}")
+                    for label, r in zip(short, rows, strict=True)
+                ],
             ),
             (
                 "CPU µs per event (lower is better)",
-                [(r[0], r[4], f"{r[4]:.1f} µs") for r in rows],
+                [(label, r[4], f"{r[4]:.1f} µs") for label, r in zip(short, rows, strict=True)],
             ),
         ],
     )

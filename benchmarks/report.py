@@ -317,10 +317,15 @@ def hbars(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     rows = max(len(bars) for _, bars in panels)
     fig, axes = plt.subplots(
-        1, len(panels), figsize=(6.5 * len(panels), 1.2 + 0.55 * rows), squeeze=False
+        1,
+        len(panels),
+        figsize=(2.5 + 5 * len(panels), 1.4 + 0.55 * rows),
+        squeeze=False,
+        sharey=True,
     )
     for ax, (xlabel, bars) in zip(axes[0], panels, strict=True):
         labels = [b[0] for b in bars][::-1]
@@ -332,6 +337,8 @@ def hbars(
         ax.bar_label(drawn, labels=texts, padding=3, fontsize=8)
         ax.set_xlabel(xlabel)
         ax.set_xlim(0, max(values or [1.0]) * 1.45 or 1.0)
+        ax.xaxis.set_major_locator(MaxNLocator(5))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()

@@ -31,6 +31,13 @@ TIMING = (
 )
 
 
+def _name(name: str, row: dict[str, Any]) -> str:
+    """An implementation's name in tables and plots; Eventide's says its projections."""
+    if name == "eventide":
+        return f"{NAMES[name]}, {' + '.join(row.get('projections', '').split(','))}"
+    return NAMES[name]
+
+
 def _what(name: str, row: dict[str, Any]) -> str:
     if name == "eventide":
         maintained = " + ".join(row.get("projections", "").split(","))
@@ -59,7 +66,7 @@ def throughput_markdown(result: dict[str, Any]) -> str:
     ]
     for name, row in rows.items():
         lines.append(
-            f"| {NAMES[name]} | {_what(name, row)} | {row['events']:,} | "
+            f"| {_name(name, row)} | {_what(name, row)} | {row['events']:,} | "
             f"{row['drain_s']:.2f} | {row['events_per_s']:,.0f} | "
             f"{row['cpu_us_per_event']:.1f} | {ratio(row['events_per_s'], quix)} | "
             f"{ratio(row['events_per_s'], naive)} | {row['other_cores']:.2f} |"
@@ -67,8 +74,7 @@ def throughput_markdown(result: dict[str, Any]) -> str:
     lines += [""]
     if quix and ("eventide_orders" in rows or "eventide" in rows):
         pairs = [
-            f"{NAMES[n]} ({_what(n, rows[n]).split(' (')[0]}): "
-            f"**{ratio(rows[n]['events_per_s'], quix)}** Quix Streams"
+            f"{_name(n, rows[n])}: **{ratio(rows[n]['events_per_s'], quix)}** Quix Streams"
             for n in ("eventide_orders", "eventide")
             if n in rows
         ]
@@ -88,7 +94,8 @@ def throughput_markdown(result: dict[str, Any]) -> str:
             "",
         ]
     checks = [
-        f"{NAMES[n]} {r['verified']['checked']:,} checked, {r['verified']['mismatches']} mismatches"
+        f"{_name(n, r)} {r['verified']['checked']:,} checked, {r['verified']['mismatches']} "
+        "mismatches"
         for n, r in rows.items()
         if "verified" in r
     ]
@@ -122,7 +129,7 @@ def throughput_plot(result: dict[str, Any], path: Path) -> None:
                 f"events/s (higher is better; ratio to {base} of the same run)",
                 [
                     (
-                        NAMES[n],
+                        _name(n, r),
                         r["events_per_s"],
                         f"{r['events_per_s']:,.0f}/s  {ratio(r['events_per_s'], quix or naive)}",
                     )
@@ -132,7 +139,7 @@ def throughput_plot(result: dict[str, Any], path: Path) -> None:
             (
                 "CPU µs per event of the process (lower is better)",
                 [
-                    (NAMES[n], r["cpu_us_per_event"], f"{r['cpu_us_per_event']:.1f} µs")
+                    (_name(n, r), r["cpu_us_per_event"], f"{r['cpu_us_per_event']:.1f} µs")
                     for n, r in rows.items()
                 ],
             ),

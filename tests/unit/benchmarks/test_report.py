@@ -115,7 +115,7 @@ def test_throughput_page_gives_ratios_to_quix_streams_and_the_naive_agent():
     page = suite_report.throughput_markdown(result)
     assert "python -m benchmarks --orders 100" in page
     orders_only = next(
-        ln for ln in page.splitlines() if ln.startswith("| Eventide, 1 worker, orders")
+        ln for ln in page.splitlines() if ln.startswith("| Eventide, 1 worker, orders only")
     )
     assert "| 26,000 | 30.0 | 2.00x | 8.67x |" in orders_only  # against 13,000/s and 3,000/s
     assert "**2.00x** Quix Streams" in page and "**1.15x** Quix Streams" in page
