@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--workers", default="1,2,4", help="worker processes per scaling row")
     ap.add_argument("--broker", default="kafka://127.0.0.1:39092")
-    ap.add_argument("--rates", default="1000,2000,4000,8000,16000", help="offered events/s")
+    ap.add_argument("--rates", default="1000,2000,4000,8000,16000,20000", help="offered events/s")
     ap.add_argument("--rate-seconds", type=float, default=10.0)
     ap.add_argument("--verify", type=int, default=200, help="read models checked per table")
     ap.add_argument("--only", default="", help=f"comma-separated among {', '.join(SCENARIOS)}")
