@@ -1,17 +1,17 @@
 """The orders projection: ``order-events`` → the ``orders`` table.
 
 Per record: decode the envelope, check it is keyed by its orderId, apply it
-to the order's view (tables/readmodels/orders.py), and emit the new view to
-``order-views`` and, when the customer-relevant part changed, a customer fact
-to ``customer-facts``. Bad input raises an EventError, which the engine logs
-with topic, partition and offset and skips.
+to the order's view (tables/readmodels/orders.py) and, when the
+customer-relevant part changed, emit a customer fact to ``customer-facts``.
+The table's changelog is ``order-views``: each batch's changed views are
+produced to it once, as the published change stream and as the changelog
+that restores the table (keys starting with 0x00 are the engine's metadata).
+Bad input raises an EventError, which the engine dead-letters with the reason.
 """
 
 from __future__ import annotations
 
 from typing import Any
-
-import orjson
 
 from schemas.codecs import EventCodec
 from schemas.exceptions import ValidationError
@@ -25,15 +25,15 @@ from tables.readmodels.orders import TABLE_NAME, apply_order_event
 @projection(
     TABLE_NAME,
     sources=(ORDER_EVENTS,),
-    outputs=(ORDER_VIEWS, CUSTOMER_FACTS),
+    outputs=(CUSTOMER_FACTS,),
     query=Query("orders", "orderId"),
+    changelog=ORDER_VIEWS,
 )
 class OrdersProjection(Projection):
     """orderId → order read model."""
 
     def __init__(self, settings: Settings, codec: EventCodec) -> None:
         super().__init__(settings, codec)
-        self.views_topic = self.outputs[ORDER_VIEWS.name]
         self.facts_topic = self.outputs[CUSTOMER_FACTS.name]
 
     def apply(self, ctx: BatchContext, record: Any) -> None:
@@ -52,9 +52,9 @@ class OrdersProjection(Projection):
         doc = apply_order_event(current, envelope)
         if doc is None:
             return
-        encoded = orjson.dumps(doc)
-        ctx.tx.set(key, doc, encoded)
-        ctx.emit(self.views_topic, key, encoded)
+        # Encoded once per changed key when the batch is prepared, then produced to
+        # order-views (the table's changelog) and written to RocksDB as those bytes.
+        ctx.tx.set(key, doc)
         if fact_changed(current, doc):
             fact = order_fact(doc)
-            ctx.emit(self.facts_topic, fact["customerId"].encode(), orjson.dumps(fact), dedupe=key)
+            ctx.emit(self.facts_topic, fact["customerId"].encode(), fact, dedupe=key)

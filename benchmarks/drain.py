@@ -141,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--verify", type=int, default=2000, help="read models checked per table")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument(
+        "--port",
+        type=int,
+        default=0,
+        help="web port of the worker; the naive agent's is next (default: free ports)",
+    )
+    ap.add_argument(
         "--fail-rate",
         type=float,
         default=0.0,
@@ -182,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = report.machine()
     when = time.strftime("%Y-%m-%d %H:%M:%S %Z")
 
-    def settings(app: str, projections: str) -> Settings:
+    def settings(app: str, projections: str, port: int) -> Settings:
         return Settings.from_env(
             {
                 "EVENTIDE_BROKER_URL": args.broker,
@@ -192,14 +198,15 @@ def main(argv: list[str] | None = None) -> int:
                 "EVENTIDE_DATA_DIR": str(workdir / app),
                 # its own notifications file (the file sink indexes it at start-up)
                 "EVENTIDE_STATE_DIR": str(workdir / f"state-{app}"),
-                "EVENTIDE_WEB_PORT": str(free_port()),
+                "EVENTIDE_WEB_PORT": str(port or free_port()),
                 "EVENTIDE_LOG_LEVEL": "info",
                 "EVENTIDE_RETRY_BACKOFF_MS": "200",
                 "EVENTIDE_PROJECTIONS": projections,
             }
         )
 
-    eventide, naive = settings("eventide", args.projections), settings("naive", "orders")
+    eventide = settings("eventide", args.projections, args.port)
+    naive = settings("naive", "orders", args.port + 1 if args.port else 0)
     n: dict[str, Any] | None = None
     try:
         log(f"generating {args.orders:,} orders for {args.customers:,} customers")

@@ -84,7 +84,10 @@ def select_projections(settings: Settings) -> list[type[Projection]]:
 def create_app(settings: Settings) -> EventideApp:
     """Build the Faust app with the selected projections, the engine and the views."""
     selected = select_projections(settings)
-    codec = EventCodec(limits=settings.limits)  # loads and checks the schema registry
+    # The codec loads and checks the schema registry. Its memo decodes once a record
+    # that several projections read; with no topic shared it would only cost.
+    feeds = [t.name for cls in selected for t in cls.spec.sources]
+    codec = EventCodec(limits=settings.limits, memo=len(feeds) != len(set(feeds)))
     app = faust.App(settings.app_id, **faust_options(settings))
     engine = ProjectionEngine(settings, [cls(settings, codec) for cls in selected], loop=app.loop)
 

@@ -73,12 +73,16 @@ class EventCodec:
     schema in the registry (JSON and Avro paths share them).
     """
 
-    def __init__(self, registry: Registry | None = None, limits: Limits | None = None) -> None:
+    def __init__(
+        self, registry: Registry | None = None, limits: Limits | None = None, memo: bool = False
+    ) -> None:
         self.registry = registry if registry is not None else Registry.load()
         """The schemas and their ids (checked when loaded)."""
         self.limits = limits if limits is not None else Limits()
         """Size, depth and length limits applied to every record."""
-        self._memo: dict[int, tuple[Any, Envelope]] = {}
+        self._memo: dict[int, tuple[Any, Envelope]] | None = {} if memo else None
+        """``memo``: the last values decoded, by identity, for records that feed
+        several projections (each decodes them); None when nothing is shared."""
         lim = self.limits
         self._max_bytes = lim.max_record_bytes
         self._max_depth = lim.max_json_depth
@@ -100,22 +104,27 @@ class EventCodec:
     ) -> Envelope:
         """Decode one record value, Avro or JSON, into a validated :class:`Envelope`.
 
-        A record that feeds several projections is decoded once: the last
-        values decoded are remembered by identity (Envelopes are immutable).
+        With ``memo``, a record that feeds several projections is decoded once:
+        the last values decoded are remembered by identity (Envelopes are
+        immutable).
         """
+        remembered = self._memo
+        if remembered is None:
+            return self._decode(value, headers)
         key = id(value)  # the same value object comes with the same headers
-        memo = self._memo.get(key)
+        memo = remembered.get(key)
         if memo is not None and memo[0] is value:
             return memo[1]
         event = self._decode(value, headers)
-        if len(self._memo) >= 50_000:
-            self._memo.clear()
-        self._memo[key] = (value, event)
+        if len(remembered) >= 50_000:
+            remembered.clear()
+        remembered[key] = (value, event)
         return event
 
     def forget(self) -> None:
         """Drop the remembered decodes (a benchmark measuring real decoding calls it)."""
-        self._memo.clear()
+        if self._memo is not None:
+            self._memo.clear()
 
     def _decode(self, value: bytes | bytearray | memoryview | None, headers: Headers) -> Envelope:
         """:meth:`decode` without the memo: the form from the headers or the first byte."""

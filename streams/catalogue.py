@@ -43,8 +43,17 @@ class TopicSpec:
         return configs
 
 
-def changelog_spec(settings: Settings, table: str) -> TopicSpec:
-    """The changelog topic of ``table`` (name without the configured prefix)."""
+def changelog_spec(settings: Settings, table: str, published: TopicSpec | None = None) -> TopicSpec:
+    """The changelog topic of ``table`` (name without the configured prefix).
+
+    ``published``: a compacted topic of the catalogue that doubles as the
+    changelog (``order-views`` for ``orders``), so that each change is
+    produced once, not once as an output and once more as the changelog.
+    """
+    if published is not None:
+        if not published.compacted:
+            raise ValueError(f"{published.name} cannot be the changelog of {table}: not compacted")
+        return published
     return TopicSpec(
         f"{settings.app_id}-{table}-changelog",
         "the table's key",
@@ -66,7 +75,13 @@ CUSTOMER_FACTS = TopicSpec(
     retention_ms=KEEP_FOREVER,
 )
 ORDER_VIEWS = TopicSpec(
-    "order-views", "orderId", "every change of the orders read model", consumed=False
+    "order-views",
+    "orderId",
+    "every change of the orders read model; also the orders table's changelog, so keys "
+    "starting with a 0x00 byte carry Eventide's metadata (applied offsets, retry state) "
+    "and consumers of the views skip them",
+    consumed=False,
+    compacted=True,
 )
 
 CATALOGUE: tuple[TopicSpec, ...] = (USER_EVENTS, ORDER_EVENTS, CUSTOMER_FACTS, ORDER_VIEWS)

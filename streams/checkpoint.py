@@ -27,6 +27,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
@@ -167,6 +168,8 @@ class BatchCommit:
         add, partitioner = sender.add, self.engine.partitioner
         for ctx in self.contexts.values():
             for (topic, _), (key, value) in ctx.outputs.items():
+                if type(value) is not bytes:
+                    value = orjson.dumps(value)
                 add(topic, partitioner(key), key, value)
             for topic, rkey, rvalue, headers, partition in ctx.sends:
                 add(topic, partition, rkey, rvalue, headers)
@@ -191,6 +194,11 @@ class BatchCommit:
         self._changelog = await sender.submit()
 
     # -- 5. RocksDB ------------------------------------------------------------
+
+    async def acknowledged(self) -> None:
+        """Wait until the broker has acknowledged the batch's changelog records."""
+        assert self._changelog is not None, "produce_changelog() comes first"
+        await self._changelog.acknowledged()
 
     async def write_stores(self) -> None:
         """Wait for the changelog's acks; flush every transaction to its store

@@ -128,12 +128,14 @@ class ProjectionEngine(Service):
         self.partitioner = KeyPartitioner(settings.partitions)
         self.rocksdb = RocksDBOptions()
         self.transport: Transport = transport or KafkaTransport(
-            settings, self.assignor, [changelog_spec(settings, p.table) for p in self.projections]
+            settings, self.assignor, [p.changelog_spec for p in self.projections]
         )
         self.standbys = StandbyReplicas(self)
         """Warm copies of partitions other workers own (EVENTIDE_STANDBY_REPLICAS)."""
         self._lock = asyncio.Lock()
         self._pending: BatchCommit | None = None
+        self._completers: set[asyncio.Future[None]] = set()
+        """Tasks completing a batch once its changelog is acknowledged."""
         self._uncommitted: dict[TopicPartition, int] = {}
         """Positions applied by the stores beyond the group's committed offsets."""
         self.events_processed = 0
@@ -157,6 +159,9 @@ class ProjectionEngine(Service):
 
     def changelog_topic(self, table: str) -> str:
         """The changelog topic of ``table``."""
+        projection = self.by_table.get(table)
+        if projection is not None:
+            return projection.changelog
         return self.settings.topic(changelog_spec(self.settings, table).name)
 
     def store_path(self, table: str, partition: int) -> Path:
@@ -194,6 +199,8 @@ class ProjectionEngine(Service):
                 store.close()
             self.stores.clear()
             self.standbys.close()
+        for task in list(self._completers):
+            task.cancel()
 
     @Service.task
     async def _run(self) -> None:
@@ -238,6 +245,26 @@ class ProjectionEngine(Service):
             raise
         self._pending = commit
         self.metrics.batch_processed(batch, commit, commit.started)
+        task = asyncio.ensure_future(self._complete_when_acknowledged(commit))
+        self._completers.add(task)
+        task.add_done_callback(self._completers.discard)
+
+    async def _complete_when_acknowledged(self, commit: BatchCommit) -> None:
+        """Complete ``commit`` as soon as its changelog is acknowledged, unless the
+        next batch has done it meanwhile.
+
+        Under load, the next batch completes this one while its own records
+        travel (the pipeline); with no backlog there is no next batch soon, and
+        this keeps latency at the broker's round trip instead of the next fetch.
+        A failed acknowledgement is left to the batch path, which raises it.
+        """
+        try:
+            await commit.acknowledged()
+        except Exception:  # raised again where the batch path completes it
+            return
+        async with self._lock:
+            if self._pending is commit:
+                await self.complete_pending()
 
     async def complete_pending(self) -> None:
         """Write the in-flight batch to RocksDB once acknowledged, commit its offsets."""

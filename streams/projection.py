@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from schemas.codecs import EventCodec
 from tables.transaction import Transaction
 
-from .catalogue import TopicSpec
+from .catalogue import TopicSpec, changelog_spec
 
 if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
@@ -58,6 +58,10 @@ class ProjectionSpec:
     """While a record waits in retry, later records of its key wait behind it."""
     rebuildable: bool = True
     """Whether ``eventide rebuild`` may replay the sources into a fresh table."""
+    changelog: TopicSpec | None = None
+    """A compacted topic of the catalogue that doubles as the table's changelog
+    (its data records are the published change stream); None: a changelog topic
+    of the table's own."""
 
     @property
     def owner(self) -> TopicSpec:
@@ -77,9 +81,12 @@ def projection(
     query_topic: TopicSpec | None = None,
     ordered_retries: bool = True,
     rebuildable: bool = True,
+    changelog: TopicSpec | None = None,
 ) -> Callable[[P], P]:
     """Declare a :class:`Projection` subclass: its name, sources, outputs and query."""
-    spec = ProjectionSpec(name, sources, outputs, query, query_topic, ordered_retries, rebuildable)
+    spec = ProjectionSpec(
+        name, sources, outputs, query, query_topic, ordered_retries, rebuildable, changelog
+    )
 
     def declare(cls: P) -> P:
         cls.spec = spec
@@ -94,14 +101,16 @@ class BatchContext:
 
     tx: Transaction
     """The partition's transaction for this batch."""
-    outputs: dict[tuple[str, bytes], tuple[bytes, bytes]] = field(default_factory=dict)
+    outputs: dict[tuple[str, bytes], tuple[bytes, Any]] = field(default_factory=dict)
     """(topic, dedupe id) → (key, value) to emit after the batch; last write wins."""
 
-    def emit(self, topic: str, key: bytes, value: bytes, dedupe: bytes | None = None) -> None:
+    def emit(self, topic: str, key: bytes, value: Any, dedupe: bytes | None = None) -> None:
         """Emit ``value`` under ``key`` on ``topic`` with the batch's other records.
 
         Within one batch only the last value per ``(topic, dedupe)`` is sent
         (``dedupe`` defaults to the key): a read model emits its net change.
+        ``value`` is bytes, or a JSON-serialisable document encoded once, when
+        the batch is sent (a value overwritten within the batch is never encoded).
         """
         self.outputs[(topic, key if dedupe is None else dedupe)] = (key, value)
 
@@ -148,6 +157,10 @@ class Projection(ABC):
         """The source topic whose key partitioning decides which worker owns a key."""
         self.outputs = {t.name: settings.topic(t.name) for t in spec.outputs}
         """Catalogue name → full name of each topic the projection emits to."""
+        self.changelog_spec = changelog_spec(settings, spec.name, spec.changelog)
+        """The table's changelog topic (name without the prefix)."""
+        self.changelog = settings.topic(self.changelog_spec.name)
+        """Full name of the table's changelog topic."""
         self.ordered_retries = spec.ordered_retries
         """While a record waits in retry, later records of its key wait behind it
         (streams/failures.py); False retries records independently."""

@@ -18,13 +18,13 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from agents import OrdersProjection
+from agents import PROJECTIONS, OrdersProjection
 from benchmarks.crash import audit, publish_slowly, wait_drained
 from benchmarks.workload import Workload, expected_state, make_workload, publish
 from eventide.tools.demo import fetch_json
 from eventide.tools.rebuild_client import request_json
 from schemas.codecs import EventCodec
-from streams.catalogue import ORDER_EVENTS, USER_EVENTS
+from streams.catalogue import ORDER_EVENTS, USER_EVENTS, changelog_spec
 from streams.engine import ProjectionEngine
 from streams.outputs import KeyPartitioner
 from streams.rebuild import RebuildManager
@@ -53,7 +53,8 @@ def rebuild_cli(
 
 async def _corrupt(settings: Settings, table: str, docs: dict[str, dict[str, Any]]) -> None:
     """Write ``docs`` straight to the table's changelog, as a buggy writer would."""
-    topic = settings.topic(f"{settings.app_id}-{table}-changelog")
+    spec = next(p.spec for p in PROJECTIONS if p.spec.name == table)
+    topic = settings.topic(changelog_spec(settings, table, spec.changelog).name)
     partition = KeyPartitioner(settings.partitions)
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
     await producer.start()

@@ -36,14 +36,13 @@ def test_an_undeclared_projection_fails_at_start_up_naming_the_setting():
 def test_declarations_name_sources_outputs_and_queries():
     spec = OrdersProjection.spec
     assert [t.name for t in spec.sources] == ["order-events"]
-    assert [t.name for t in spec.outputs] == ["order-views", "customer-facts"]
+    assert [t.name for t in spec.outputs] == ["customer-facts"]
+    assert spec.changelog is not None and spec.changelog.name == "order-views"
     assert spec.query is not None and (spec.query.path, spec.query.id_field) == (
         "orders",
         "orderId",
     )
     projection = OrdersProjection(Settings.from_env({"EVENTIDE_TOPIC_PREFIX": "t1."}), None)  # type: ignore[arg-type]
     assert projection.sources == ("t1.order-events",)
-    assert projection.outputs == {
-        "order-views": "t1.order-views",
-        "customer-facts": "t1.customer-facts",
-    }
+    assert projection.outputs == {"customer-facts": "t1.customer-facts"}
+    assert projection.changelog == "t1.order-views"

@@ -319,3 +319,13 @@ def test_optional_fields_may_be_left_out_in_both_forms(codec):
     expected = {**event.data, "compensated": True}
     assert codec.decode(codec.encode_avro(event)).data == expected
     assert codec.decode(codec.encode_json(event)).data == expected
+
+
+def test_the_memo_decodes_a_record_shared_by_projections_once():
+    shared = EventCodec(memo=True)
+    value = shared.encode_avro(placed())
+    assert shared.decode(value) is shared.decode(value)  # the second projection's decode
+    assert shared.decode(bytes(value)) == shared.decode(value)  # another object: decoded
+    alone = EventCodec()
+    assert alone.decode(value) is not alone.decode(value)  # no memo: nothing kept
+    assert alone.decode(value) == shared.decode(value)
