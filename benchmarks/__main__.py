@@ -1,284 +1,81 @@
 """The benchmark suite: Eventide and its peers in one run, on the same data.
 
     python -m benchmarks --orders 20000 --customers 5000
+    python -m benchmarks --orders 20000 --customers 5000 --reference   # kept in docs/benchmarks/
 
-Against the real broker (``--broker``; started when it does not answer):
+Against the real broker (``--broker``; started when it does not answer),
+three scenarios (``--only`` / ``--skip`` pick among them), each reported in
+a folder of its own (:mod:`benchmarks.report`):
 
-1. drain: one Eventide worker turns a pre-loaded backlog into both read models;
-2. recovery: its local RocksDB is deleted; time until the restarted worker
-   has restored both tables from their changelogs and is ready;
-3. peers on the same order events, each with the same orders projection:
-   the naive Faust agent (``--naive-events`` of them; it is slow), a Quix
-   Streams application with RocksDB state, and the ceiling: a plain aiokafka
-   consumer decoding into a dict;
-4. scaling: the same backlog (fresh topics) drained by two worker processes;
-5. latency: p50/p95/p99 end-to-end at fixed offered loads (``--rates``), read
-   from the worker's /metrics histogram, until the producer or the worker
-   saturates.
+throughput
+    a pre-loaded Avro backlog (users, order lifecycles with 2 % duplicates)
+    drained, one after the other, by: one Eventide worker with
+    ``--projections`` (orders + customers), one Eventide worker with the
+    orders projection only, a Quix Streams application, a plain aiokafka
+    consumer (the ceiling: decode into a dict) and the naive Faust agent
+    (``--naive-events`` of them; it is slow), the last three with the same
+    orders projection function; then the recovery of the first worker's
+    tables from their changelogs. Ratios are to Quix Streams and to the
+    naive agent measured in the same run.
+scaling
+    1, 2 and 4 (``--workers``) Eventide worker processes of one group on
+    ``--partitions`` partitions (:mod:`benchmarks.scaling`).
+latency
+    p50/p95/p99 end-to-end at fixed offered loads (``--rates``), read from
+    the worker's /metrics histogram (:mod:`benchmarks.latency`).
 
-Writes ``bench-<time>.json``, ``.md`` and ``.png`` plots to benchmarks/results/.
+How each drain is timed: :mod:`benchmarks.timing`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from eventide.tools import devbroker
+from eventide.tools.demo import fetch_json
 from streams.catalogue import ORDER_EVENTS
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
-from .drain import RESULTS, ROOT, Progress, log, ready, start, stop, wait_until
-from .latency import latency_at_loads, scrape
-from .scaling import drain_workers, stop_all
-from .workload import make_workload, publish
+from . import report
+from .latency import latency_at_loads
+from .procs import Progress, free_port, log, ready, start, stop, stop_started, wait_until
+from .scaling import scaling
+from .suite_report import latency_report, scaling_report, throughput_report
+from .timing import READY_POLL_S, drain_peer, drain_worker, topics_of
+from .workload import Workload, expected_state, make_workload, publish
+
+SCENARIOS = ("throughput", "scaling", "latency")
 
 
-def machine() -> dict[str, Any]:
-    """Cores, memory, CPU model, Python and Kafka versions."""
-    info: dict[str, Any] = {"cores": os.cpu_count(), "python": platform.python_version()}
-    try:
-        mem = Path("/proc/meminfo").read_text().split("\n", 1)[0].split()[1]
-        info["memory_gib"] = round(int(mem) / 1024 / 1024, 1)
-        model = [ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in ln]
-        info["cpu"] = model[0].split(":", 1)[1].strip() if model else platform.processor()
-    except OSError:
-        pass
-    info["kafka"] = "4.1.1, one KRaft node on the same machine"
-    return info
+def verify(settings: Settings, expected: dict[str, dict[str, Any]], n: int) -> dict[str, int]:
+    """Compare ``n`` keys per table (the first ``n`` in key order) over HTTP."""
+    checked = bad = 0
+    for table, docs in expected.items():
+        for key in sorted(docs)[:n]:
+            code, body = fetch_json(f"{settings.web_url}/{table}/{key}")
+            checked += 1
+            if code != 200 or body != docs[key]:
+                bad += 1
+                if bad <= 3:
+                    log(f"  MISMATCH {table}/{key}: {code} {body} != {docs[key]}")
+    return {"checked": checked, "mismatches": bad}
 
 
-def drain_peer(
-    name: str,
-    module: str,
-    settings: Settings,
-    events: int,
-    available: int,
-    workdir: Path,
-    progress: Progress,
-) -> dict[str, Any]:
-    """Run a peer until its group has committed ``events`` more order events (of ``available``).
-
-    Timed from its first commit, so start-up and group join are left out.
-    """
-    topic = [settings.topic(ORDER_EVENTS.name)]
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    proc = start([sys.executable, "-m", module], settings, workdir / f"{name}.log")
-    try:
-        first, t0 = poll(progress, settings.app_id, topic, lambda n: n > 0, 180, proc, name)
-        goal = min(first + events, available)
-        done, t1 = poll(progress, settings.app_id, topic, lambda n: n >= goal, 3600, proc, name)
-        elapsed = t1 - t0
-    finally:
-        stop(proc)
-    rate = (done - first) / elapsed
-    log(f"{name}: {done - first:,} events in {elapsed:.1f}s = {rate:,.0f}/s")
-    return {"events": done - first, "drain_s": elapsed, "events_per_s": rate}
-
-
-def poll(
-    progress: Progress,
-    group: str,
-    topic: list[str],
-    until: Callable[[int], bool],
-    timeout: float,
-    proc: Any,
-    name: str,
-) -> tuple[int, float]:
-    """Poll the group's committed offsets every 50 ms; (committed, when) once ``until`` holds."""
-    deadline = time.monotonic() + timeout
-    shown = time.monotonic()
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{name}: the process exited with {proc.returncode}")
-        done = progress(group, topic)[0]
-        if until(done):
-            return done, time.monotonic()
-        if time.monotonic() - shown > 5:
-            log(f"  {name}: {done:,} events committed")
-            shown = time.monotonic()
-        time.sleep(0.05)
-    raise SystemExit(f"{name}: not done after {timeout:.0f}s")
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--orders", type=int, default=50_000)
-    ap.add_argument("--customers", type=int, default=10_000)
-    ap.add_argument("--naive-events", type=int, default=5_000)
-    ap.add_argument("--partitions", type=int, default=8)
-    ap.add_argument("--broker", default="kafka://127.0.0.1:39092")
-    ap.add_argument("--rates", default="1000,2000,4000,8000,16000", help="offered events/s")
-    ap.add_argument("--rate-seconds", type=float, default=10.0)
-    ap.add_argument("--port", type=int, default=36080, help="first of 5 web ports used")
-    ap.add_argument("--skip", default="", help="comma-separated: peers,scaling,latency")
-    args = ap.parse_args(argv)
-    skip = set(filter(None, args.skip.split(",")))
-
-    workdir = Path(tempfile.mkdtemp(prefix="eventide-bench-"))
-    base = Settings.from_env(
-        {"EVENTIDE_BROKER_URL": args.broker, "EVENTIDE_STATE_DIR": str(ROOT / ".eventide")}
-    )
-    started_broker = not devbroker.is_answering(base)
-    if started_broker:
-        devbroker.start(base, log)
-
-    def settings(app: str, tag: str, port: int, data: str | None = None) -> Settings:
-        return Settings.from_env(
-            {
-                "EVENTIDE_BROKER_URL": args.broker,
-                "EVENTIDE_APP_ID": f"{app}-{tag}",
-                "EVENTIDE_TOPIC_PREFIX": f"bench-{tag}-",
-                "EVENTIDE_PARTITIONS": str(args.partitions),
-                "EVENTIDE_DATA_DIR": str(workdir / (data or app) / tag),
-                # its own notifications file (the file sink indexes it at start-up)
-                "EVENTIDE_STATE_DIR": str(workdir / "state" / app / tag),
-                "EVENTIDE_WEB_PORT": str(port),
-                "EVENTIDE_METRICS_INTERVAL": "1",
-            }
-        )
-
-    result: dict[str, Any] = {"scenario": "suite", "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    result["machine"] = machine()
-    result["args"] = vars(args)
-    procs: list[Any] = []
-    try:
-        log(f"generating {args.orders:,} orders for {args.customers:,} customers")
-        work = make_workload(args.orders, args.customers, seed=1)
-        total = len(work.users) + len(work.orders)
-        order_events = len(work.orders)
-        result["events"] = {"total": total, "order_events": order_events}
-
-        def preload(tag: str) -> Settings:
-            s = settings("eventide", tag, args.port)
-            asyncio.run(ensure_topics(s))
-            t = time.monotonic()
-            asyncio.run(publish(s, work, "avro"))
-            log(
-                f"pre-loaded {total:,} Avro events into bench-{tag}-* "
-                f"in {time.monotonic() - t:.1f}s"
-            )
-            return s
-
-        # 1. drain, one worker
-        tag = uuid.uuid4().hex[:8]
-        one = preload(tag)
-        progress = Progress(one)
-        log("drain: one eventide worker, both read models")
-        d = drain_workers([one], total, workdir, progress)
-        procs = d.pop("procs")
-        log(f"eventide: {d['events']:,} events in {d['drain_s']:.1f}s = {d['events_per_s']:,.0f}/s")
-        result["eventide"] = d
-        stop_all(procs)
-
-        # 2. recovery from changelogs
-        log("recovery: deleting local RocksDB, restarting from the changelogs")
-        shutil.rmtree(one.data_dir)
-        t = time.monotonic()
-        proc = start([sys.executable, "-m", "eventide.cli", "worker"], one, workdir / "rebuild.log")
-        procs = [proc]
-        wait_until(lambda: ready(one), 1800, "recovery", proc)
-        recovery_s = time.monotonic() - t
-        reported = scrape(one.web_url)
-        metrics_text = _fetch(f"{one.web_url}/metrics")
-        stop(proc)
-        result["recovery"] = {
-            "restart_to_ready_s": recovery_s,
-            "eventide_recovery_seconds": _sample(metrics_text, "eventide_recovery_seconds"),
-            "restored_records": _sample(metrics_text, "eventide_changelog_restored_records_total"),
-        }
-        del reported
-        log(f"recovery: ready {recovery_s:.1f}s after start; {result['recovery']}")
-
-        # 3. peers on the same order events
-        peers: dict[str, Any] = {}
-        if "peers" not in skip:
-            for name, module, events in (
-                ("plain_aiokafka", "benchmarks.peers.plain_aiokafka", order_events),
-                ("quix_streams", "benchmarks.peers.quix_app", order_events),
-                (
-                    "naive_faust",
-                    "benchmarks.peers.naive_faust",
-                    min(args.naive_events, order_events),
-                ),
-            ):
-                log(f"peer {name}: draining {events:,} order events")
-                peer = settings(name.replace("_", "-"), tag, args.port + 1, data=name)
-                peers[name] = drain_peer(
-                    name, module, peer, events, order_events, workdir, progress
-                )
-        result["peers"] = peers
-        progress.close()
-
-        # 4. scaling to two workers
-        if "scaling" not in skip:
-            tag2 = uuid.uuid4().hex[:8]
-            two = preload(tag2)
-            second = settings("eventide", tag2, args.port + 2, data="eventide-2")
-            progress = Progress(two)
-            log("scaling: two eventide workers")
-            s2 = drain_workers([two, second], total, workdir, progress)
-            procs = s2.pop("procs")
-            stop_all(procs)
-            progress.close()
-            log(
-                f"two workers: {s2['events']:,} events in {s2['drain_s']:.1f}s = "
-                f"{s2['events_per_s']:,.0f}/s"
-            )
-            result["scaling"] = {"1": d, "2": s2}
-
-        # 5. latency at offered loads
-        if "latency" not in skip:
-            tag3 = uuid.uuid4().hex[:8]
-            lat = settings("eventide", tag3, args.port + 3)
-            asyncio.run(ensure_topics(lat))
-            proc = start([sys.executable, "-m", "eventide.cli", "worker"], lat, workdir / "lat.log")
-            procs = [proc]
-            wait_until(lambda: ready(lat), 120, "latency worker start", proc)
-            rates = [int(r) for r in args.rates.split(",") if r]
-            log(f"latency: offered loads {rates} for {args.rate_seconds:.0f}s each")
-            result["latency"] = latency_at_loads(lat, rates, args.rate_seconds, log)
-            stop(proc)
-    finally:
-        stop_all(procs)
-        if started_broker:
-            devbroker.stop(base, log)
-
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"bench-{stamp}.json"
-    out.write_text(json.dumps(result, indent=2, default=str))
-    table = report(result, " ".join(["python -m benchmarks", *(argv or sys.argv[1:])]))
-    (RESULTS / f"bench-{stamp}.md").write_text(table)
-    plots(result, RESULTS / f"bench-{stamp}")
-    print(table)
-    print(f"results: {out} (+ .md, -throughput.png, -latency.png)")
-    shutil.rmtree(workdir, ignore_errors=True)
-    return 0
-
-
-def _fetch(url: str) -> str:
-    import urllib.request
-
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return str(response.read().decode())
-
-
-def _sample(text: str, name: str) -> float | None:
+def _sample(url: str, name: str) -> float | None:
     from prometheus_client.parser import text_string_to_metric_families
 
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+        text = response.read().decode()
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             if s.name == name:
@@ -286,101 +83,264 @@ def _sample(text: str, name: str) -> float | None:
     return None
 
 
-def report(result: dict[str, Any], command: str) -> str:
-    """The markdown table of one run."""
-    m = result["machine"]
-    e = result["eventide"]
-    lines = [
-        f"`{command}` — {result['when']}; {m.get('cores')} cores ({m.get('cpu', '?')}), "
-        f"{m.get('memory_gib', '?')} GiB, Python {m['python']}, Kafka {m['kafka']}.",
-        "",
-        "| implementation | what it maintains | events | seconds | events/s | ratio to Eventide |",
-        "|---|---|---:|---:|---:|---:|",
-        f"| Eventide, 1 worker | orders + customers (RocksDB, changelogs, outputs) | "
-        f"{e['events']:,} | {e['drain_s']:.1f} | {e['events_per_s']:,.0f} | 1.00 |",
-    ]
-    what = {
-        "plain_aiokafka": "orders in a dict (no state store, no changelog): the ceiling",
-        "quix_streams": "orders in Quix RocksDB state + changelog",
-        "naive_faust": "orders, one Faust table write per event",
+class Suite:
+    """One run of the suite: arguments, the work folder, the broker, the workload."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.workdir = Path(tempfile.mkdtemp(prefix="eventide-bench-"))
+        state = str(report.ROOT / ".eventide")
+        self.base = Settings.from_env(
+            {"EVENTIDE_BROKER_URL": args.broker, "EVENTIDE_STATE_DIR": state}
+        )
+        self.broker_pid: int | None = None
+        self.work: Workload | None = None
+
+    def settings(
+        self, app: str, tag: str, projections: str, data: str = "", **extra: str
+    ) -> Settings:
+        """Settings of one process on the topics ``bench-<tag>-*``, group ``<app>-<tag>``;
+        its RocksDB and state under ``<workdir>/<data or app>/<tag>``."""
+        return Settings.from_env(
+            {
+                "EVENTIDE_BROKER_URL": self.args.broker,
+                "EVENTIDE_APP_ID": f"{app}-{tag}",
+                "EVENTIDE_TOPIC_PREFIX": f"bench-{tag}-",
+                "EVENTIDE_PARTITIONS": str(self.args.partitions),
+                "EVENTIDE_DATA_DIR": str(self.workdir / (data or app) / tag),
+                # its own notifications file (the file sink indexes it at start-up)
+                "EVENTIDE_STATE_DIR": str(self.workdir / "state" / (data or app) / tag),
+                "EVENTIDE_WEB_PORT": str(free_port()),
+                "EVENTIDE_METRICS_INTERVAL": "1",
+                "EVENTIDE_PROJECTIONS": projections,
+                **extra,
+            }
+        )
+
+    def preload(self, settings: Settings) -> int:
+        """Publish the workload into fresh topics; returns the events published."""
+        assert self.work is not None
+        asyncio.run(ensure_topics(settings))
+        t = time.monotonic()
+        sent = asyncio.run(publish(settings, self.work, "avro"))
+        elapsed = time.monotonic() - t
+        log(f"pre-loaded {sent:,} Avro events into {settings.topic_prefix}* in {elapsed:.1f}s")
+        return sent
+
+    # -- scenarios -------------------------------------------------------------
+
+    def throughput(self) -> dict[str, Any]:
+        args, work = self.args, self.work
+        assert work is not None
+        tag = uuid.uuid4().hex[:8]
+        full = self.settings("eventide", tag, args.projections)
+        self.preload(full)
+        exp_orders, exp_customers = expected_state(work)
+        progress = Progress(full)
+        rows: dict[str, Any] = {}
+        try:
+            sources, _ = topics_of(full, args.projections)
+            events = sum(progress.ends(sources).values())
+            log(f"eventide ({args.projections}): draining {events:,} events")
+            d = drain_worker(full, events, self.workdir, progress, self.broker_pid)
+            proc = d.pop("proc")
+            names = args.projections.split(",")
+            expected = {"orders": exp_orders, "customers": exp_customers}
+            expected = {table: docs for table, docs in expected.items() if table in names}
+            d["verified"] = verify(full, expected, args.verify)
+            stop(proc)
+            rows["eventide"] = d
+            self._log_row("eventide", d)
+
+            log("recovery: deleting local RocksDB, restarting from the changelogs")
+            shutil.rmtree(full.data_dir)
+            t = time.monotonic()
+            cmd = [sys.executable, "-m", "eventide.cli", "worker"]
+            proc = start(cmd, full, self.workdir / "recovery.log")
+            ready_at = wait_until(lambda: ready(full), 1800, "recovery", proc, READY_POLL_S)
+            recovery = {
+                "restart_to_ready_s": ready_at - t,
+                "eventide_recovery_seconds": _sample(full.web_url, "eventide_recovery_seconds"),
+                "restored_records": _sample(
+                    full.web_url, "eventide_changelog_restored_records_total"
+                ),
+                "verified": verify(full, expected, args.verify),
+            }
+            stop(proc)
+            log(f"recovery: ready {recovery['restart_to_ready_s']:.1f}s after start")
+
+            orders_topic = [full.topic(ORDER_EVENTS.name)]
+            order_events = sum(progress.ends(orders_topic).values())
+            if args.projections != "orders":
+                # The same events in topics of their own: order-views, the orders
+                # table's changelog, is named by the topic prefix, and this worker
+                # must not restore the first one's table from it.
+                only = self.settings("eventide-orders", uuid.uuid4().hex[:8], "orders")
+                self.preload(only)
+                log(f"eventide (orders only): draining {order_events:,} order events")
+                d = drain_worker(only, order_events, self.workdir, progress, self.broker_pid)
+                proc = d.pop("proc")
+                d["verified"] = verify(only, {"orders": exp_orders}, args.verify)
+                stop(proc)
+                rows["eventide_orders"] = d
+                self._log_row("eventide (orders only)", d)
+
+            if "peers" not in args.skip:
+                for name, module, count in (
+                    ("quix_streams", "benchmarks.peers.quix_app", order_events),
+                    ("plain_aiokafka", "benchmarks.peers.plain_aiokafka", order_events),
+                    (
+                        "naive_faust",
+                        "benchmarks.peers.naive_faust",
+                        min(args.naive_events, order_events),
+                    ),
+                ):
+                    if count <= 0:
+                        continue
+                    log(f"peer {name}: draining {count:,} order events")
+                    peer = self.settings(name.replace("_", "-"), tag, "orders")
+                    rows[name] = drain_peer(
+                        name,
+                        module,
+                        peer,
+                        count,
+                        self.workdir,
+                        progress,
+                        self.broker_pid,
+                        orders_topic,
+                    )
+        finally:
+            progress.close()
+        return {"rows": rows, "recovery": recovery, "events": events}
+
+    def scaling(self) -> list[dict[str, Any]]:
+        assert self.work is not None
+
+        def make(tag: str, i: int) -> Settings:
+            return self.settings(
+                "eventide-scale",
+                tag,
+                self.args.projections,
+                data=f"eventide-scale-{i + 1}",
+                EVENTIDE_ADMIN_ENDPOINTS="true",
+            )
+
+        counts = [int(n) for n in self.args.workers.split(",") if n]
+        return scaling(
+            counts,
+            make,
+            self.work,
+            self.workdir,
+            self.broker_pid,
+            lambda: uuid.uuid4().hex[:8],
+        )
+
+    def latency(self) -> list[dict[str, Any]]:
+        args = self.args
+        lat = self.settings("eventide-latency", uuid.uuid4().hex[:8], args.projections)
+        asyncio.run(ensure_topics(lat))
+        cmd = [sys.executable, "-m", "eventide.cli", "worker"]
+        proc = start(cmd, lat, self.workdir / "latency.log")
+        try:
+            wait_until(lambda: ready(lat), 120, "latency worker start", proc)
+            rates = [int(r) for r in args.rates.split(",") if r]
+            log(f"latency: offered loads {rates} for {args.rate_seconds:.0f}s each")
+            return latency_at_loads(lat, rates, args.rate_seconds, log)
+        finally:
+            stop(proc)
+
+    @staticmethod
+    def _log_row(name: str, d: dict[str, Any]) -> None:
+        log(
+            f"{name}: {d['events']:,} events in {d['drain_s']:.1f}s = {d['events_per_s']:,.0f}/s "
+            f"({d['cpu_us_per_event']:.1f} µs CPU/event); read models checked: {d['verified']}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--orders", type=int, default=50_000, help="order lifecycles")
+    ap.add_argument("--customers", type=int, default=10_000)
+    ap.add_argument("--naive-events", type=int, default=5_000)
+    ap.add_argument("--partitions", type=int, default=8)
+    ap.add_argument(
+        "--projections",
+        default="orders,customers",
+        help="EVENTIDE_PROJECTIONS of the full Eventide runs (throughput, scaling, latency)",
+    )
+    ap.add_argument("--workers", default="1,2,4", help="worker processes per scaling row")
+    ap.add_argument("--broker", default="kafka://127.0.0.1:39092")
+    ap.add_argument("--rates", default="1000,2000,4000,8000,16000,20000", help="offered events/s")
+    ap.add_argument("--rate-seconds", type=float, default=10.0)
+    ap.add_argument("--verify", type=int, default=200, help="read models checked per table")
+    ap.add_argument("--only", default="", help=f"comma-separated among {', '.join(SCENARIOS)}")
+    ap.add_argument(
+        "--skip", default="", help="comma-separated: throughput, peers, scaling, latency"
+    )
+    ap.add_argument(
+        "--keep-logs",
+        action="store_true",
+        help="keep the work folder (every process's log) instead of deleting it",
+    )
+    ap.add_argument(
+        "--reference",
+        action="store_true",
+        help="write each scenario's report to docs/benchmarks/<scenario>/ (kept in git)",
+    )
+    args = ap.parse_args(argv)
+    args.skip = set(filter(None, args.skip.split(",")))
+    chosen = [s for s in SCENARIOS if s not in args.skip]
+    if args.only:
+        chosen = [s for s in chosen if s in args.only.split(",")]
+    command = report.command_line("benchmarks", argv)
+
+    suite = Suite(args)
+    started_broker = not devbroker.is_answering(suite.base)
+    if started_broker:
+        devbroker.start(suite.base, log)
+    suite.broker_pid = devbroker.running_pid(devbroker.paths_for(suite.base))
+    common = {
+        "command": command,
+        "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": report.machine(),
+        "args": {k: sorted(v) if isinstance(v, set) else v for k, v in vars(args).items()},
     }
-    for name, p in result.get("peers", {}).items():
-        lines.append(
-            f"| {name.replace('_', ' ')} | {what[name]} | {p['events']:,} | {p['drain_s']:.1f} | "
-            f"{p['events_per_s']:,.0f} | {p['events_per_s'] / e['events_per_s']:.2f} |"
-        )
-    if "scaling" in result:
-        s2 = result["scaling"]["2"]
-        lines.append(
-            f"| Eventide, 2 workers | orders + customers | {s2['events']:,} | "
-            f"{s2['drain_s']:.1f} | "
-            f"{s2['events_per_s']:,.0f} | {s2['events_per_s'] / e['events_per_s']:.2f} |"
-        )
-    r = result["recovery"]
-    lines += [
-        "",
-        f"Recovery of both tables from changelogs ({r['restored_records'] or 0:,.0f} records): "
-        f"ready {r['restart_to_ready_s']:.1f}s after the process started "
-        f"(eventide_recovery_seconds {r['eventide_recovery_seconds'] or 0:.1f}s).",
-    ]
-    if result.get("latency"):
-        lines += [
-            "",
-            "| offered events/s | p50 ms | p95 ms | p99 ms | max lag (records) |",
-            "|---:|---:|---:|---:|---:|",
-        ]
-        for row in result["latency"]:
-            ms = [
-                ("n/a" if row[k] is None else f"{row[k] * 1000:,.0f}")
-                for k in ("p50_s", "p95_s", "p99_s")
-            ]
-            lines.append(
-                f"| {row['offered_per_s']:,} | {ms[0]} | {ms[1]} | {ms[2]} | "
-                f"{row['lag_max']:,.0f} |"
-            )
-    return "\n".join(lines) + "\n"
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        log(f"generating {args.orders:,} orders for {args.customers:,} customers")
+        suite.work = make_workload(args.orders, args.customers, seed=1)
+        for scenario in chosen:
+            log(f"== {scenario}")
+            results[scenario] = {"scenario": scenario, **common, **_run(suite, scenario)}
+    finally:
+        stop_started()
+        if started_broker:
+            devbroker.stop(suite.base, log)
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    writers = {
+        "throughput": throughput_report,
+        "scaling": scaling_report,
+        "latency": latency_report,
+    }
+    for scenario, result in results.items():
+        out = report.run_dir(scenario, args.reference, stamp)
+        markdown = writers[scenario](result, out)
+        report.write(out, result, markdown, args.reference)
+        print(markdown)
+    if args.keep_logs:
+        print(f"logs: {suite.workdir}")
+    else:
+        shutil.rmtree(suite.workdir, ignore_errors=True)
+    return 0
 
 
-def plots(result: dict[str, Any], prefix: Path) -> None:
-    """Throughput bars and latency-versus-load lines as PNG files."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = ["Eventide (1 worker)"]
-    rates = [result["eventide"]["events_per_s"]]
-    if "scaling" in result:
-        names.append("Eventide (2 workers)")
-        rates.append(result["scaling"]["2"]["events_per_s"])
-    for name, p in result.get("peers", {}).items():
-        names.append(name.replace("_", " "))
-        rates.append(p["events_per_s"])
-    fig, ax = plt.subplots(figsize=(8, 4))
-    ax.barh(names[::-1], rates[::-1], color="tab:blue")
-    ax.set_xlabel("events/s (drain of a pre-loaded backlog)")
-    ax.set_title(f"Throughput, {result['machine'].get('cores')} cores, Kafka 4.1.1")
-    fig.tight_layout()
-    fig.savefig(f"{prefix}-throughput.png", dpi=100)
-    plt.close(fig)
-    if result.get("latency"):
-        rows = result["latency"]
-        fig, ax = plt.subplots(figsize=(8, 4))
-        for key, label in (("p50_s", "p50"), ("p95_s", "p95"), ("p99_s", "p99")):
-            ax.plot(
-                [r["offered_per_s"] for r in rows],
-                [(r[key] or 0) * 1000 for r in rows],
-                marker="o",
-                label=label,
-            )
-        ax.set_xlabel("offered load, events/s")
-        ax.set_ylabel("end-to-end latency, ms")
-        ax.set_yscale("log")
-        ax.legend()
-        ax.set_title("Eventide end-to-end latency (event timestamp → RocksDB)")
-        fig.tight_layout()
-        fig.savefig(f"{prefix}-latency.png", dpi=100)
-        plt.close(fig)
+def _run(suite: Suite, scenario: str) -> dict[str, Any]:
+    if scenario == "throughput":
+        return suite.throughput()
+    if scenario == "scaling":
+        return {"rows": suite.scaling()}
+    return {"rows": suite.latency()}
 
 
 if __name__ == "__main__":

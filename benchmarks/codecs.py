@@ -19,14 +19,15 @@ then measures, in one process and one run:
 Each figure is the best of ``--repeat`` passes over the records (the least
 disturbed by other processes). Ratios are rate / ceiling rate from the same
 run, so they compare across machines better than the absolute rates. Results
-are printed as a table and written as JSON under ``benchmarks/results/``.
+are printed as a table and written (README.md, result.json, throughput.png)
+to ``benchmarks/results/codecs-<time>/``, or with ``--reference`` to
+``docs/benchmarks/codecs/`` (:mod:`benchmarks.report`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import sys
 import time
@@ -42,7 +43,8 @@ from schemas.codecs import CONTENT_TYPE_AVRO, EventCodec
 from schemas.envelope import CONTENT_TYPE_JSON, Envelope, new_event
 from schemas.registry import SchemaEntry
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+from . import report as report_
+
 KINDS = (
     "ceiling decode",
     "json decode",
@@ -177,8 +179,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=5, help="passes; the best counts (5)")
     parser.add_argument("--only", action="append", help="benchmark only this event (repeatable)")
     parser.add_argument("--seed", type=int, default=7, help="seed of the sample events (7)")
-    parser.add_argument("--output", type=Path, help="JSON results file (default: results/...)")
+    parser.add_argument("--output", type=Path, help="also write the JSON results to this file")
+    parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="write the report to docs/benchmarks/codecs/ (kept in git)",
+    )
     args = parser.parse_args(argv)
+    command = report_.command_line("benchmarks.codecs", argv)
     if args.events < 1 or args.repeat < 1:
         parser.error("--events and --repeat must be at least 1")
 
@@ -204,24 +212,88 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(_table(results))
     report = {
         "benchmark": "codecs",
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "scenario": "codecs",
+        "command": command,
+        "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "seconds": round(time.perf_counter() - started, 1),
         "parameters": {"events": args.events, "repeat": args.repeat, "seed": args.seed},
         "machine": {
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
+            **report_.machine(),
             "orjson": version("orjson"),
             "fastavro": version("fastavro"),
         },
         "units": "rates in events per second; ratios are rate / ceiling rate of the same run",
         "results": results,
     }
-    output = args.output or RESULTS_DIR / f"codecs-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"results written to {output}", file=sys.stderr)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"results written to {args.output}", file=sys.stderr)
+    out = report_.run_dir("codecs", args.reference)
+    report_.write(out, report, codecs_report(report, out), args.reference)
     return 0
+
+
+def codecs_report(result: dict[str, Any], out: Path) -> str:
+    """The codecs scenario's page; writes ``throughput.png`` beside it."""
+    lines = report_.header("Codecs: encode and decode rates per event", result)
+    lines += [
+        "| event | JSON bytes | Avro bytes | "
+        + " | ".join(f"{k}/s" for k in KINDS)
+        + " | JSON decode / ceiling | Avro decode / ceiling |",
+        "|---|" + "---:|" * (len(KINDS) + 4),
+    ]
+    for name, r in result["results"].items():
+        rates, rel = r["rates"], r["ratios"]
+        lines.append(
+            f"| {name} | {rates['json bytes']:.0f} | {rates['avro bytes']:.0f} | "
+            + " | ".join(f"{rates[k]:,.0f}" for k in KINDS)
+            + f" | {rel['json decode']:.2f} | {rel['avro decode']:.2f} |"
+        )
+    p = result["parameters"]
+    lines += [
+        "",
+        f"Each rate is the best of {p['repeat']} passes over {p['events']:,} distinct events "
+        "in one process (`benchmarks/codecs.py`); *ceiling* is plain orjson without "
+        "validation, the baseline of the ratios measured in the same run.",
+        "",
+        "![Decode and encode rates per event](throughput.png)",
+        "",
+    ]
+    _codecs_plot(result["results"], out / "throughput.png")
+    return "\n".join(lines)
+
+
+def _codecs_plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    labels = ("orjson, no validation (the ceiling)", "EventCodec, JSON", "EventCodec, Avro")
+    fig, axes = plt.subplots(1, 2, figsize=(13, 2.0 + 0.45 * len(names)), squeeze=False)
+    for ax, side in zip(axes[0], ("decode", "encode"), strict=True):
+        kinds = [f"ceiling {side}", f"json {side}", f"avro {side}"]
+        height = 0.8 / len(kinds)
+        for i, kind in enumerate(kinds):
+            ax.barh(
+                [n + (i - 1) * height for n in range(len(names))],
+                [results[name]["rates"][kind] / 1000 for name in names],
+                height=height,
+                label=labels[i],
+                color=("tab:gray", "tab:blue", "tab:cyan")[i],
+            )
+        ax.set_yticks(range(len(names)), names)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"thousand events/s, {side} (higher is better)")
+        ax.grid(axis="x", alpha=0.3)
+    handles, texts = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, texts, loc="upper center", ncol=3, bbox_to_anchor=(0.5, 0.965), fontsize=9)
+    fig.suptitle("EventCodec against plain orjson, one process, best pass")
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _table(results: dict[str, Any]) -> str:

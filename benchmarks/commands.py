@@ -25,7 +25,10 @@ PostgreSQL it uses EVENTIDE_BENCH_DATABASE_URL (a maintenance database such
 as postgresql://eventide@127.0.0.1:25432/postgres) or, if unset, starts the
 same throwaway cluster as the tests on ``--pg-port`` (default
 EVENTIDE_TEST_PG_PORT, else 25432; in .eventide/pg-<port>) and stops it
-after. Results go to stdout and, as JSON (every run and the medians), to ``--out``.
+after. Results go to stdout and to ``benchmarks/results/commands-<time>/``
+(README.md, result.json with every run and the medians, throughput.png,
+latency.png), or with ``--reference`` to ``docs/benchmarks/commands/``;
+``--out`` writes the JSON to a file of its own too.
 """
 
 from __future__ import annotations
@@ -34,7 +37,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -60,6 +62,7 @@ from schemas.codecs import EventCodec
 from streams.catalogue import ORDER_EVENTS, USER_EVENTS
 from streams.settings import Settings
 
+from . import report
 from .cpu import CpuMeter
 from .httpdrive import Connection
 
@@ -355,7 +358,7 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog="EVENTIDE_BROKER_URL: the broker; EVENTIDE_BENCH_DATABASE_URL: a PostgreSQL "
@@ -389,8 +392,16 @@ def main() -> None:
         help="sample the API, the relay and the load driver with py-spy during the measured "
         "run; collapsed stacks go to DIR/<backend>-<process>.txt",
     )
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/commands.json")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, help="also write the JSON results to this file")
+    parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="write the report to docs/benchmarks/commands/ (kept in git)",
+    )
+    args = parser.parse_args(argv)
+    command = report.command_line("benchmarks.commands", argv, env=["EVENTIDE_BROKER_URL"])
+    machine = report.machine()
+    when = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     base = Settings.from_env()
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
     admin_url, cluster = _postgres(args) if "postgresql" in backends else (None, None)
@@ -418,15 +429,109 @@ def main() -> None:
         )
     if args.repeat > 1:
         print(f"(medians of {args.repeat} runs per backend)")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "benchmark": "commands",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "scenario": "commands",
+        "command": command,
+        "when": when,
+        "machine": machine,
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "broker": base.broker_url,
         "results": results,
     }
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"\nresults: {args.out}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"\nresults: {args.out}")
+    out = report.run_dir("commands", args.reference)
+    report.write(out, doc, commands_report(doc, out), args.reference)
+
+
+def commands_report(doc: dict[str, Any], out: Path) -> str:
+    """The commands scenario's page; writes ``throughput.png`` and ``latency.png`` beside it."""
+    results = doc["results"]
+    lines = report.header("Commands: the command API and the outbox relay", doc)
+    lines += [
+        "| backend | commands | clients | relay | commands/s | p50 ms | p99 ms | relay lag "
+        "p50 ms | relay lag p99 ms | API CPU µs/command | cores used |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        cores = ", ".join(f"{k} {v:.2f}" for k, v in r["cores"].items())
+        lines.append(
+            f"| {r['backend']} | {r['commands']:,} | {r['concurrency']} | {r['relay']} | "
+            f"{r['commands_per_s']:,.0f} | {r['latency_p50_ms']:.1f} | "
+            f"{r['latency_p99_ms']:.1f} | {r['relay_lag_p50_ms']:.1f} | "
+            f"{r['relay_lag_p99_ms']:.1f} | {r['api_cpu_us_per_command']:,.0f} | {cores} |"
+        )
+    repeat = doc["args"]["repeat"]
+    lines += [
+        "",
+        "Order lifecycles (place, pay, ship) driven over HTTP by concurrent keep-alive "
+        "clients; latency per command at the client; relay lag from each event's timestamp "
+        "to its broker append time (`benchmarks/commands.py`)"
+        + (f"; medians of {repeat} runs per backend." if repeat > 1 else ".")
+        + " *Cores used* is CPU seconds / wall seconds per process during the run "
+        "(`other`: every other program on the machine).",
+        "",
+        "![Commands/s and API CPU per command](throughput.png)",
+        "",
+        "![Command latency and relay lag](latency.png)",
+        "",
+    ]
+    names = [r["backend"] for r in results]
+    base = results[0]["commands_per_s"] if results else None
+    colors = {
+        f"{n}{q}": "tab:blue" if n == "sqlite" else "tab:purple"
+        for n in names
+        for q in ("", " p50", " p99")
+    }
+    report.hbars(
+        out / "throughput.png",
+        "Command API: order lifecycles over HTTP, outbox relay to Kafka",
+        [
+            (
+                f"commands/s (higher is better; ratio to {names[0]})",
+                [
+                    (n, r["commands_per_s"], f"{r['commands_per_s']:,.0f}/s  "
+                     f"{report.ratio(r['commands_per_s'], base)}")
+                    for n, r in zip(names, results, strict=True)
+                ],
+            ),
+            (
+                "API process CPU µs per command (lower is better)",
+                [
+                    (n, r["api_cpu_us_per_command"], f"{r['api_cpu_us_per_command']:,.0f} µs")
+                    for n, r in zip(names, results, strict=True)
+                ],
+            ),
+        ],
+        colors,
+    )  # fmt: skip
+    report.hbars(
+        out / "latency.png",
+        "Command API latency and outbox relay lag",
+        [
+            (
+                "command latency at the client, ms (p50 | p99)",
+                [
+                    (f"{n} {q}", r[f"latency_{q}_ms"], f"{r[f'latency_{q}_ms']:.1f} ms")
+                    for n, r in zip(names, results, strict=True)
+                    for q in ("p50", "p99")
+                ],
+            ),
+            (
+                "relay lag, event timestamp → broker append, ms (p50 | p99)",
+                [
+                    (f"{n} {q}", r[f"relay_lag_{q}_ms"], f"{r[f'relay_lag_{q}_ms']:.1f} ms")
+                    for n, r in zip(names, results, strict=True)
+                    for q in ("p50", "p99")
+                ],
+            ),
+        ],
+        colors,
+    )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

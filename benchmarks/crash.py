@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import shutil
 import subprocess
@@ -35,7 +34,8 @@ from streams.catalogue import CUSTOMER_FACTS, ORDER_EVENTS, USER_EVENTS
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
-from .drain import RESULTS, ROOT, env_of, log, ready
+from . import report
+from .procs import ROOT, env_of, free_port, log, ready
 from .workload import Workload, expected_state, make_workload, publish
 
 
@@ -145,7 +145,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pause", type=float, default=1.0, help="seconds between published chunks")
     ap.add_argument("--broker", default="kafka://127.0.0.1:39092")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument(
+        "--reference",
+        action="store_true",
+        help="write the report to docs/benchmarks/crash/ (kept in git)",
+    )
     args = ap.parse_args(argv)
+    command = report.command_line("benchmarks.crash", argv)
+    machine = report.machine()
+    when = time.strftime("%Y-%m-%d %H:%M:%S %Z")
 
     workdir = Path(tempfile.mkdtemp(prefix="eventide-crash-"))
     base = Settings.from_env(
@@ -162,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             "EVENTIDE_TOPIC_PREFIX": f"crash-{tag}-",
             "EVENTIDE_DATA_DIR": str(workdir / "data"),
             "EVENTIDE_STATE_DIR": str(workdir / "state"),
-            "EVENTIDE_WEB_PORT": "36070",
+            "EVENTIDE_WEB_PORT": str(free_port()),
             "EVENTIDE_SESSION_TIMEOUT_MS": "6000",
         }
     )
@@ -212,7 +220,10 @@ def main(argv: list[str] | None = None) -> int:
         diffs_c = audit(settings.web_url, exp_customers, "customers")
         result = {
             "scenario": "crash",
-            "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "command": command,
+            "when": when,
+            "machine": machine,
+            "args": vars(args),
             "events": total,
             "orders": len(exp_orders),
             "customers": len(exp_customers),
@@ -230,13 +241,41 @@ def main(argv: list[str] | None = None) -> int:
                 p.wait(60)
         if started_broker:
             devbroker.stop(base, log)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"crash-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    out = report.run_dir("crash", args.reference)
+    markdown = crash_report(result)
+    report.write(out, result, markdown, args.reference)
+    print(markdown)
     shutil.rmtree(workdir, ignore_errors=True)
     bad = sum(result["orders_audit"].values()) + sum(result["customers_audit"].values())
     return 1 if bad else 0
+
+
+def crash_report(result: dict[str, Any]) -> str:
+    """The crash scenario's page: every read model audited after the kills."""
+    lines = report.header("Crash: kill -9 of the worker during processing", result)
+    lines += [
+        f"{result['events']:,} events published in chunks while one worker processed them; "
+        f"the worker was killed with SIGKILL {result['kills']} times at random moments and "
+        f"restarted each time; drained after {result['seconds']:.1f} s. Then every read model "
+        "was fetched over HTTP and compared with the state computed offline from the "
+        "same events.",
+        "",
+        "| read model | keys audited | lost | double-applied | other differences |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for table, keys in (("orders", result["orders"]), ("customers", result["customers"])):
+        audit_ = result[f"{table}_audit"]
+        lines.append(
+            f"| {table} | {keys:,} | {audit_['lost']} | {audit_['double_applied']} | "
+            f"{audit_['other']} |"
+        )
+    lines += [
+        "",
+        "*Lost*: missing, or fewer events/orders counted than published; *double-applied*: "
+        "more (`benchmarks/crash.py`). Correctness, not speed: no plot.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

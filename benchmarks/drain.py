@@ -22,7 +22,10 @@ duplicates) into fresh topics, then, in the same run and on the same data:
    restoring both tables from their changelogs.
 
 A sample of read models is checked over HTTP against the state computed
-offline. Results: JSON and a markdown table under benchmarks/results/.
+offline. Results (README.md with the table, result.json, throughput.png) go to
+benchmarks/results/drain-<time>/, or with ``--reference`` to
+docs/benchmarks/drain/ (:mod:`benchmarks.report`); how the drains are timed:
+:mod:`benchmarks.timing`.
 """
 
 from __future__ import annotations
@@ -30,194 +33,41 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import os
-import platform
 import random
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import AIOKafkaConsumer
 from confluent_kafka import OFFSET_BEGINNING, Consumer
 from confluent_kafka import TopicPartition as RdPartition
 
 from eventide.tools import devbroker
 from eventide.tools.demo import fetch_json
 from schemas.codecs import EventCodec
-from streams.catalogue import CUSTOMER_FACTS, ORDER_EVENTS, USER_EVENTS
-from streams.failures import retry_topic
+from streams.catalogue import ORDER_EVENTS, USER_EVENTS
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
+from . import report
+from .procs import (
+    ROOT,
+    Progress,
+    free_port,
+    log,
+    ready,
+    start,
+    stop,
+    stop_started,
+    wait_until,
+)
+from .timing import READY_POLL_S, drain_peer, drain_worker, topics_of
 from .workload import expected_state, make_workload, publish
-
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def env_of(settings: Settings) -> dict[str, str]:
-    """This process's environment with ``settings`` as EVENTIDE_* variables."""
-    return {**os.environ, **settings.to_env()}
-
-
-class Progress:
-    """Committed vs end offsets of a consumer group, on one long-lived connection."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.loop = asyncio.new_event_loop()
-        self.loop.run_until_complete(self._start())
-
-    async def _start(self) -> None:
-        servers = self.settings.bootstrap_servers
-        self.admin = AIOKafkaAdminClient(bootstrap_servers=servers)
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=servers)
-        await self.admin.start()
-        await self.consumer.start()
-
-    def __call__(self, group: str, topics: list[str]) -> tuple[int, int]:
-        return self.loop.run_until_complete(self._progress(group, topics))
-
-    async def _progress(self, group: str, topics: list[str]) -> tuple[int, int]:
-        committed = await self.admin.list_consumer_group_offsets(group)
-        parts = range(self.settings.partitions)
-        tps = [TopicPartition(t, p) for t in topics for p in parts]
-        ends = await self.consumer.end_offsets(tps)
-        done = sum(m.offset for tp, m in committed.items() if tp in ends and m.offset > 0)
-        return done, sum(ends.values())
-
-    def close(self) -> None:
-        self.loop.run_until_complete(self.consumer.stop())
-        self.loop.run_until_complete(self.admin.close())
-        self.loop.close()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used (Linux /proc)."""
-    fields_ = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields_[11]) + int(fields_[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_until(
-    check: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen[bytes]
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{what}: the process exited with {proc.returncode}")
-        if check():
-            return
-        time.sleep(0.5)
-    raise SystemExit(f"{what}: not done after {timeout:.0f}s")
-
-
-def start(cmd: list[str], settings: Settings, logfile: Path) -> subprocess.Popen[bytes]:
-    with logfile.open("ab") as out:
-        return subprocess.Popen(cmd, env=env_of(settings), stdout=out, stderr=subprocess.STDOUT)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def ready(settings: Settings) -> bool:
-    try:
-        return fetch_json(f"{settings.web_url}/health", timeout=2)[0] == 200
-    except OSError:
-        return False
-
-
-def drain_eventide(
-    settings: Settings,
-    total: int,
-    workdir: Path,
-    progress: Progress,
-    command: list[str] | None = None,
-) -> dict[str, Any]:
-    """Start a worker, time the drain of both read models (and of the retry topics)."""
-    group = settings.projection_group
-    sources = [settings.topic(ORDER_EVENTS.name), settings.topic(USER_EVENTS.name)]
-    facts = [settings.topic(CUSTOMER_FACTS.name)]
-    facts += [retry_topic(t) for t in sources + facts]
-    launched = time.monotonic()
-    command = command or [sys.executable, "-m", "eventide.cli", "worker"]
-    proc = start(command, settings, workdir / "worker.log")
-    wait_until(lambda: ready(settings), 120, "eventide worker start", proc)
-    t_ready = time.monotonic()
-    cpu_ready = cpu_seconds(proc.pid)
-    last = [0.0]
-
-    def drained() -> bool:
-        done, end = progress(group, sources)
-        if time.monotonic() - last[0] > 5:
-            log(f"  eventide: {done:,}/{end:,} source events")
-            last[0] = time.monotonic()
-        if done < end:
-            return False
-        fdone, fend = progress(group, facts)
-        return fdone >= fend
-
-    wait_until(drained, 3600, "eventide drain", proc)
-    t_done = time.monotonic()
-    cpu = cpu_seconds(proc.pid) - cpu_ready
-    return {
-        "proc": proc,
-        "worker_cpu_s": cpu,
-        "worker_cpu_us_per_event": cpu / total * 1e6,
-        "start_s": t_ready - launched,
-        "drain_s": t_done - t_ready,
-        "events_per_s": total / (t_done - t_ready),
-    }
-
-
-def drain_naive(
-    settings: Settings, events: int, workdir: Path, progress: Progress
-) -> dict[str, Any]:
-    """Run the naive Faust agent until it has committed ``events`` events."""
-    topic = [settings.topic(ORDER_EVENTS.name)]
-    proc = start(
-        [sys.executable, "-m", "benchmarks.peers.naive_faust"], settings, workdir / "naive.log"
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # first commit marks the start of processing
-        if progress(settings.app_id, topic)[0] > 0:
-            break
-        time.sleep(0.2)
-    t0 = time.monotonic()
-    first = progress(settings.app_id, topic)[0]
-    last = [0.0]
-
-    def enough() -> bool:
-        done = progress(settings.app_id, topic)[0]
-        if time.monotonic() - last[0] > 5:
-            log(f"  naive faust: {done:,}/{events:,} events")
-            last[0] = time.monotonic()
-        return done >= events
-
-    wait_until(enough, 3600, "naive faust drain", proc)
-    done = progress(settings.app_id, topic)[0]
-    elapsed = time.monotonic() - t0
-    stop(proc)
-    return {"events": done - first, "drain_s": elapsed, "events_per_s": (done - first) / elapsed}
 
 
 async def _read_all(settings: Settings, total: int, decode: bool) -> dict[str, float]:
@@ -300,17 +150,17 @@ def ceiling(settings: Settings, total: int) -> dict[str, dict[str, float]]:
         gc.unfreeze()
 
 
-def verify(settings: Settings, orders: dict[str, Any], customers: dict[str, Any], n: int) -> int:
-    """Compare a random sample of read models over HTTP; returns mismatches."""
+def verify(settings: Settings, expected: dict[str, dict[str, Any]], n: int) -> int:
+    """Compare a random sample of ``n`` read models per table over HTTP; returns mismatches."""
     rng = random.Random(5)
     bad = 0
-    for table, expected in (("orders", orders), ("customers", customers)):
-        for key in rng.sample(sorted(expected), min(n, len(expected))):
+    for table, docs in expected.items():
+        for key in rng.sample(sorted(docs), min(n, len(docs))):
             code, body = fetch_json(f"{settings.web_url}/{table}/{key}")
-            if code != 200 or body != expected[key]:
+            if code != 200 or body != docs[key]:
                 bad += 1
                 if bad <= 3:
-                    log(f"  MISMATCH {table}/{key}: {code} {body} != {expected[key]}")
+                    log(f"  MISMATCH {table}/{key}: {code} {body} != {docs[key]}")
     return bad
 
 
@@ -329,7 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--verify", type=int, default=2000, help="read models checked per table")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument(
-        "--port", type=int, default=36066, help="web port of the worker; the naive agent's is next"
+        "--port",
+        type=int,
+        default=0,
+        help="web port of the worker; the naive agent's is next (default: free ports)",
     )
     ap.add_argument(
         "--fail-rate",
@@ -358,7 +211,13 @@ def main(argv: list[str] | None = None) -> int:
         default="avro",
         help="wire form of the pre-loaded events",
     )
+    ap.add_argument(
+        "--reference",
+        action="store_true",
+        help="write the report to docs/benchmarks/drain/ (kept in git)",
+    )
     args = ap.parse_args(argv)
+    command = report.command_line("benchmarks.drain", argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="eventide-drain-"))
     base = Settings.from_env(
@@ -368,9 +227,12 @@ def main(argv: list[str] | None = None) -> int:
     if not devbroker.is_answering(base):
         devbroker.start(base, log)
         started_broker = True
+    broker_pid = devbroker.running_pid(devbroker.paths_for(base))
     tag = uuid.uuid4().hex[:8]
+    machine = report.machine()
+    when = time.strftime("%Y-%m-%d %H:%M:%S %Z")
 
-    def settings(app: str, port: int) -> Settings:
+    def settings(app: str, projections: str, port: int) -> Settings:
         return Settings.from_env(
             {
                 "EVENTIDE_BROKER_URL": args.broker,
@@ -380,15 +242,18 @@ def main(argv: list[str] | None = None) -> int:
                 "EVENTIDE_DATA_DIR": str(workdir / app),
                 # its own notifications file (the file sink indexes it at start-up)
                 "EVENTIDE_STATE_DIR": str(workdir / f"state-{app}"),
-                "EVENTIDE_WEB_PORT": str(port),
+                "EVENTIDE_WEB_PORT": str(port or free_port()),
                 "EVENTIDE_LOG_LEVEL": "info",
                 "EVENTIDE_RETRY_BACKOFF_MS": "200",
-                "EVENTIDE_PROJECTIONS": args.projections,
+                "EVENTIDE_PROJECTIONS": projections,
+                # Settings.to_env() sets every variable: pass the choice through
                 "EVENTIDE_KAFKA_CLIENT": args.kafka_client,
             }
         )
 
-    eventide, naive = settings("eventide", args.port), settings("naive", args.port + 1)
+    eventide = settings("eventide", args.projections, args.port)
+    naive = settings("naive", "orders", args.port + 1 if args.port else 0)
+    n: dict[str, Any] | None = None
     try:
         log(f"generating {args.orders:,} orders for {args.customers:,} customers")
         work = make_workload(args.orders, args.customers, seed=args.seed, flaky_rate=args.fail_rate)
@@ -400,15 +265,22 @@ def main(argv: list[str] | None = None) -> int:
                 eventide,
                 work,
                 args.format,
-                progress=lambda n: (
-                    log(f"  published {n:,} of {total:,}") if n % 200_000 < 50_000 else None
+                progress=lambda k: (
+                    log(f"  published {k:,} of {total:,}") if k % 200_000 < 50_000 else None
                 ),
             )
         )
         log(f"pre-loaded {total:,} events in {time.monotonic() - t:.1f}s")
         log("computing the expected read models offline")
         exp_orders, exp_customers = expected_state(work)
+        order_events = len(work.orders)
         del work
+        names = args.projections.split(",")
+        expected = {
+            table: docs
+            for table, docs in (("orders", exp_orders), ("customers", exp_customers))
+            if table in names
+        }
 
         ceil: dict[str, dict[str, float]] = {}
         if not args.no_ceiling:
@@ -423,16 +295,20 @@ def main(argv: list[str] | None = None) -> int:
                 f"({ceil['confluent_read']['cpu_us_per_event']:.1f} µs CPU/event)"
             )
 
-        log(f"eventide: draining ({args.projections}; {args.kafka_client} client)")
         progress = Progress(eventide)
+        sources, _ = topics_of(eventide, args.projections)
+        events = sum(progress.ends(sources).values())
+        log(f"eventide: draining {events:,} events ({args.projections}; {args.kafka_client})")
         flaky = [sys.executable, "-m", "benchmarks.flaky_worker"] if args.fail_rate else None
-        e = drain_eventide(eventide, total, workdir, progress, flaky)
+        e = drain_worker(eventide, events, workdir, progress, broker_pid, flaky)
         log(
-            f"eventide: {total:,} events in {e['drain_s']:.1f}s = {e['events_per_s']:,.0f}/s "
-            f"(worker CPU {e['worker_cpu_us_per_event']:.1f} µs/event)"
+            f"eventide: {events:,} events in {e['drain_s']:.1f}s = {e['events_per_s']:,.0f}/s "
+            f"(worker CPU {e['cpu_us_per_event']:.1f} µs/event)"
         )
-        mismatches = verify(eventide, exp_orders, exp_customers, args.verify)
-        log(f"verified {2 * args.verify} read models over HTTP: {mismatches} mismatches")
+        mismatches = verify(eventide, expected, args.verify)
+        log(
+            f"verified {len(expected) * args.verify} read models over HTTP: {mismatches} mismatches"
+        )
         stop(e.pop("proc"))
 
         log("rebuild: deleting local RocksDB, restarting from the changelogs")
@@ -441,83 +317,140 @@ def main(argv: list[str] | None = None) -> int:
         proc = start(
             [sys.executable, "-m", "eventide.cli", "worker"], eventide, workdir / "rebuild.log"
         )
-        wait_until(lambda: ready(eventide), 1800, "rebuild", proc)
-        rebuild_s = time.monotonic() - t
-        rebuilt_mismatches = verify(eventide, exp_orders, exp_customers, args.verify // 4)
+        rebuilt = wait_until(lambda: ready(eventide), 1800, "rebuild", proc, READY_POLL_S)
+        rebuild_s = rebuilt - t
+        rebuilt_mismatches = verify(eventide, expected, args.verify // 4)
         stop(proc)
         log(f"rebuild: {rebuild_s:.1f}s, {rebuilt_mismatches} mismatches")
 
-        log(f"naive faust: draining {args.naive_events:,} order events")
-        n = drain_naive(naive, min(args.naive_events, total - args.customers), workdir, progress)
+        goal = min(args.naive_events, order_events)
+        if goal > 0:
+            log(f"naive faust: draining {goal:,} order events")
+            n = drain_peer(
+                "naive_faust",
+                "benchmarks.peers.naive_faust",
+                naive,
+                goal,
+                workdir,
+                progress,
+                broker_pid,
+                [naive.topic(ORDER_EVENTS.name)],
+            )
         progress.close()
-        log(
-            f"naive faust: {n['events']:,} events in {n['drain_s']:.1f}s = "
-            f"{n['events_per_s']:,.0f}/s"
-        )
     finally:
+        stop_started()
         if started_broker:
             devbroker.stop(base, log)
 
-    def to_naive(rate: float) -> float:
-        """A rate as a multiple of the naive agent's (nan with --naive-events 0)."""
-        return rate / n["events_per_s"] if n["events_per_s"] else float("nan")
-
     result = {
         "scenario": "drain",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "machine": {
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "kafka": "4.1.1 (single KRaft node on the same machine)",
-        },
-        "events": total,
+        "command": command,
+        "when": when,
+        "machine": machine,
+        "args": vars(args),
+        "events": events,
         "format": args.format,
-        "fail_rate": args.fail_rate,
-        "orders": args.orders,
-        "customers": args.customers,
-        "partitions": args.partitions,
-        "projections": args.projections,
-        "kafka_client": args.kafka_client,
         "ceiling": ceil,
         "eventide": e,
         "naive_faust": n,
-        "ratio_eventide_to_naive": to_naive(e["events_per_s"]),
         "rebuild_s": rebuild_s,
         "mismatches": mismatches + rebuilt_mismatches,
+        "read_models_checked": len(expected) * (args.verify + args.verify // 4),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"drain-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(result, indent=2))
-    rows = [
-        f"| bare {label} (ceiling, no state) | {total:,} | | "
-        f"{c['events_per_s']:,.0f} | {to_naive(c['events_per_s']):.1f}x | "
-        f"{c['cpu_us_per_event']:.1f} |\n"
-        for label, c in (
-            ("aiokafka consumer, read only", ceil.get("read")),
-            ("aiokafka consumer, read + decode", ceil.get("read_decode")),
-            ("confluent-kafka consumer, read only", ceil.get("confluent_read")),
-        )
-        if c
-    ]
-    table = (
-        "| implementation | events | seconds | events/s | ratio to naive | CPU µs/event |\n"
-        "|---|---:|---:|---:|---:|---:|\n"
-        + "".join(rows)
-        + f"| eventide (batch engine: {args.projections}; {args.format}; "
-        f"{args.kafka_client}) | {total:,} | "
-        f"{e['drain_s']:.1f} | "
-        f"{e['events_per_s']:,.0f} | {result['ratio_eventide_to_naive']:.1f}x | "
-        f"{e['worker_cpu_us_per_event']:.1f} |\n"
-        f"| naive faust agent (orders only) | {n['events']:,} | {n['drain_s']:.1f} | "
-        f"{n['events_per_s']:,.0f} | 1.0x | |\n"
-        f"\nrebuild of both tables from changelogs: {rebuild_s:.1f}s; "
-        f"read models checked: {mismatches + rebuilt_mismatches} mismatches\n"
-    )
-    (RESULTS / out.name.replace(".json", ".md")).write_text(table)
-    print(table)
-    print(f"results: {out}")
+    out = report.run_dir("drain", args.reference)
+    markdown = drain_report(result, out)
+    report.write(out, result, markdown, args.reference)
+    print(markdown)
     shutil.rmtree(workdir, ignore_errors=True)
     return 1 if result["mismatches"] else 0
+
+
+def drain_report(result: dict[str, Any], out: Path) -> str:
+    """The drain's page; writes ``throughput.png`` beside it."""
+    ceil, e, n = result["ceiling"], result["eventide"], result["naive_faust"]
+    read = ceil.get("read", {}).get("events_per_s")
+    naive = n["events_per_s"] if n else None
+    bare = (
+        ("aiokafka consumer, read only", ceil.get("read")),
+        ("aiokafka consumer, read + decode", ceil.get("read_decode")),
+        ("confluent-kafka consumer, read only", ceil.get("confluent_read")),
+    )
+    rows: list[tuple[str, int, float | None, float, float]] = [
+        (f"bare {label} (no state, no output)", result["events"],
+         result["events"] / c["events_per_s"],
+         c["events_per_s"], c["cpu_us_per_event"])
+        for label, c in bare
+        if c
+    ]  # fmt: skip
+    rows.append(
+        (
+            f"Eventide, 1 worker ({result['args']['projections']}; {result['format']}; "
+            f"{result['args'].get('kafka_client', 'aiokafka')})",
+            e["events"],
+            e["drain_s"],
+            e["events_per_s"],
+            e["cpu_us_per_event"],
+        )
+    )
+    if n:
+        rows.append(
+            (
+                "naive Faust agent (orders only)",
+                n["events"],
+                n["drain_s"],
+                n["events_per_s"],
+                n["cpu_us_per_event"],
+            )
+        )
+    lines = report.header("Drain: one worker against the ceiling and the naive agent", result)
+    lines += [
+        "| implementation | events | seconds | events/s | x bare aiokafka read-only consumer | "
+        "x naive Faust | CPU µs/event |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, events, seconds, rate, cpu in rows:
+        lines.append(
+            f"| {label} | {events:,} | {'' if seconds is None else f'{seconds:.1f}'} | "
+            f"{rate:,.0f} | {report.ratio(rate, read)} | {report.ratio(rate, naive)} | "
+            f"{cpu:.1f} |"
+        )
+    lines += [
+        "",
+        "The bare consumer is this process reading every pre-loaded event with no consumer "
+        "group, timed from its first non-empty fetch to its last record (CPU: this process). "
+        "Eventide and the naive agent are timed from their first record fetched to the poll "
+        "(every 100 ms) that sees their group's last commit, over every event they had to "
+        "process (`benchmarks/timing.py`); CPU µs/event is the worker process's own CPU time "
+        f"per event. Other programs used {e['other_cores']:.2f} cores during Eventide's drain.",
+        "",
+        f"Rebuild of the tables from their changelogs after the local RocksDB was deleted: "
+        f"ready {result['rebuild_s']:.1f} s after the process started. Read models compared "
+        f"over HTTP with the state computed offline: {result['read_models_checked']:,} checked, "
+        f"{result['mismatches']} mismatches.",
+        "",
+        "![Events/s and CPU per event](throughput.png)",
+        "",
+    ]
+    short = [r[0].split(" (")[0].replace(" consumer", "") for r in rows]
+    report.hbars(
+        out / "throughput.png",
+        f"Drain of {result['events']:,} pre-loaded {result['format'].replace('avro', 'Avro')} "
+        "events, one process each",
+        [
+            (
+                "events/s (higher is better; ratio to the bare aiokafka read-only consumer)",
+                [
+                    (label, r[3], f"{r[3]:,.0f}/s  {report.ratio(r[3], read)}")
+                    for label, r in zip(short, rows, strict=True)
+                ],
+            ),
+            (
+                "CPU µs per event (lower is better)",
+                [(label, r[4], f"{r[4]:.1f} µs") for label, r in zip(short, rows, strict=True)],
+            ),
+        ],
+    )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ from streams.catalogue import ORDER_EVENTS
 from streams.settings import Settings
 from tables.readmodels.orders import apply_order_event
 
+from .mark import first_record
+
 logger = logging.getLogger(__name__)
 
 
@@ -36,6 +38,7 @@ def create_naive_app(settings: Settings) -> faust.App:
     @app.agent(topic)
     async def project(stream: faust.StreamT) -> None:
         async for record in stream.events():
+            first_record()
             try:
                 event = codec.decode(record.message.value, record.message.headers)
                 key = event.data.get("orderId")

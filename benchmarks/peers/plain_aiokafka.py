@@ -21,6 +21,8 @@ from streams.catalogue import ORDER_EVENTS
 from streams.settings import Settings
 from tables.readmodels.orders import apply_order_event
 
+from .mark import first_record
+
 
 async def run(settings: Settings, stop: asyncio.Event) -> int:
     """Consume order-events until ``stop`` is set; returns the read models kept."""
@@ -39,6 +41,8 @@ async def run(settings: Settings, stop: asyncio.Event) -> int:
     try:
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=100, max_records=10_000)
+            if batch:
+                first_record()
             for records in batch.values():
                 for record in records:
                     try:
