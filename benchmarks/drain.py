@@ -8,10 +8,14 @@ duplicates) into fresh topics, then, in the same run and on the same data:
 
 0. the ceiling: a bare aiokafka consumer reads every pre-loaded event (no
    state, no output), once without and once with Eventide's decoder; no
-   Python worker can go faster than the second rate on this machine;
+   Python worker can go faster than the second rate on this machine; then a
+   bare confluent-kafka (librdkafka) consumer reads them all once, the
+   read-only ceiling of the engine's default client (EVENTIDE_KAFKA_CLIENT);
 1. Eventide: one ``eventide worker`` drains both read models (orders, and
    customers through the customer-facts repartition topic); ``--projections``
    adds notifications (the issue's benchmark is the two read models);
+   ``--kafka-client`` (default: $EVENTIDE_KAFKA_CLIENT, else confluent) picks
+   the engine's Kafka client;
 2. the naive Faust agent (one table write per event) drains ``--naive-events``
    of the same order events (it is slow; its rate is what matters);
 3. the rebuild: Eventide's local RocksDB is deleted and the worker restarts,
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import random
 import shutil
 import sys
@@ -39,6 +44,8 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
+from confluent_kafka import OFFSET_BEGINNING, Consumer
+from confluent_kafka import TopicPartition as RdPartition
 
 from eventide.tools import devbroker
 from eventide.tools.demo import fetch_json
@@ -94,8 +101,38 @@ async def _read_all(settings: Settings, total: int, decode: bool) -> dict[str, f
     return {"events_per_s": seen / elapsed, "cpu_us_per_event": cpu / seen * 1e6}
 
 
+def _read_all_confluent(settings: Settings, total: int) -> dict[str, float]:
+    """A bare confluent-kafka consumer reads every event once (batch ``consume``)."""
+    topics = [settings.topic(ORDER_EVENTS.name), settings.topic(USER_EVENTS.name)]
+    consumer = Consumer(
+        {
+            "bootstrap.servers": ",".join(settings.bootstrap_servers),
+            "group.id": f"ceiling-{uuid.uuid4().hex[:8]}",  # assigned, never joined
+            "enable.auto.commit": False,
+            "max.partition.fetch.bytes": 4 * 1024 * 1024,
+            "fetch.max.bytes": 32 * 1024 * 1024,
+        }
+    )
+    consumer.assign(
+        [RdPartition(t, p, OFFSET_BEGINNING) for t in topics for p in range(settings.partitions)]
+    )
+    try:
+        seen, t0, cpu0 = 0, 0.0, 0.0
+        while seen < total:
+            # consume() waits for all it asks for: never ask past the last event
+            messages = consumer.consume(min(10_000, total - seen), 1.0)
+            if messages and not seen:
+                t0, cpu0 = time.perf_counter(), time.process_time()
+            seen += len(messages)
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    finally:
+        consumer.close()
+    return {"events_per_s": seen / elapsed, "cpu_us_per_event": cpu / seen * 1e6}
+
+
 def ceiling(settings: Settings, total: int) -> dict[str, dict[str, float]]:
-    """Rates of a bare consumer over the pre-loaded events: read only, and read + decode.
+    """Rates of bare consumers over the pre-loaded events: aiokafka read only and
+    read + decode, confluent-kafka read only (its CPU includes librdkafka's threads).
 
     This process holds the expected read models (millions of objects); they are
     frozen out of the garbage collector's sight meanwhile, as a worker's heap
@@ -107,6 +144,7 @@ def ceiling(settings: Settings, total: int) -> dict[str, dict[str, float]]:
         return {
             "read": asyncio.run(_read_all(settings, total, decode=False)),
             "read_decode": asyncio.run(_read_all(settings, total, decode=True)),
+            "confluent_read": _read_all_confluent(settings, total),
         }
     finally:
         gc.unfreeze()
@@ -162,6 +200,12 @@ def main(argv: list[str] | None = None) -> int:
         "--no-ceiling", action="store_true", help="skip the bare-consumer ceiling measurement"
     )
     ap.add_argument(
+        "--kafka-client",
+        choices=["confluent", "aiokafka"],
+        default=os.environ.get("EVENTIDE_KAFKA_CLIENT", "confluent"),
+        help="EVENTIDE_KAFKA_CLIENT of the measured worker (default: from the environment)",
+    )
+    ap.add_argument(
         "--format",
         choices=["avro", "json"],
         default="avro",
@@ -202,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
                 "EVENTIDE_LOG_LEVEL": "info",
                 "EVENTIDE_RETRY_BACKOFF_MS": "200",
                 "EVENTIDE_PROJECTIONS": projections,
+                # Settings.to_env() sets every variable: pass the choice through
+                "EVENTIDE_KAFKA_CLIENT": args.kafka_client,
             }
         )
 
@@ -244,13 +290,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"ceiling: read {ceil['read']['events_per_s']:,.0f}/s "
                 f"({ceil['read']['cpu_us_per_event']:.1f} µs CPU/event), read + decode "
                 f"{ceil['read_decode']['events_per_s']:,.0f}/s "
-                f"({ceil['read_decode']['cpu_us_per_event']:.1f} µs CPU/event)"
+                f"({ceil['read_decode']['cpu_us_per_event']:.1f} µs CPU/event); "
+                f"confluent-kafka read {ceil['confluent_read']['events_per_s']:,.0f}/s "
+                f"({ceil['confluent_read']['cpu_us_per_event']:.1f} µs CPU/event)"
             )
 
         progress = Progress(eventide)
         sources, _ = topics_of(eventide, args.projections)
         events = sum(progress.ends(sources).values())
-        log(f"eventide: draining {events:,} events ({args.projections})")
+        log(f"eventide: draining {events:,} events ({args.projections}; {args.kafka_client})")
         flaky = [sys.executable, "-m", "benchmarks.flaky_worker"] if args.fail_rate else None
         e = drain_worker(eventide, events, workdir, progress, broker_pid, flaky)
         log(
@@ -322,9 +370,13 @@ def drain_report(result: dict[str, Any], out: Path) -> str:
     ceil, e, n = result["ceiling"], result["eventide"], result["naive_faust"]
     read = ceil.get("read", {}).get("events_per_s")
     naive = n["events_per_s"] if n else None
-    bare = (("read only", ceil.get("read")), ("read + decode", ceil.get("read_decode")))
+    bare = (
+        ("aiokafka consumer, read only", ceil.get("read")),
+        ("aiokafka consumer, read + decode", ceil.get("read_decode")),
+        ("confluent-kafka consumer, read only", ceil.get("confluent_read")),
+    )
     rows: list[tuple[str, int, float | None, float, float]] = [
-        (f"bare aiokafka consumer, {label} (no state, no output)", result["events"],
+        (f"bare {label} (no state, no output)", result["events"],
          result["events"] / c["events_per_s"],
          c["events_per_s"], c["cpu_us_per_event"])
         for label, c in bare
@@ -332,7 +384,8 @@ def drain_report(result: dict[str, Any], out: Path) -> str:
     ]  # fmt: skip
     rows.append(
         (
-            f"Eventide, 1 worker ({result['args']['projections']}; {result['format']})",
+            f"Eventide, 1 worker ({result['args']['projections']}; {result['format']}; "
+            f"{result['args'].get('kafka_client', 'aiokafka')})",
             e["events"],
             e["drain_s"],
             e["events_per_s"],
@@ -351,7 +404,7 @@ def drain_report(result: dict[str, Any], out: Path) -> str:
         )
     lines = report.header("Drain: one worker against the ceiling and the naive agent", result)
     lines += [
-        "| implementation | events | seconds | events/s | x bare read-only consumer | "
+        "| implementation | events | seconds | events/s | x bare aiokafka read-only consumer | "
         "x naive Faust | CPU µs/event |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
@@ -385,7 +438,7 @@ def drain_report(result: dict[str, Any], out: Path) -> str:
         "events, one process each",
         [
             (
-                "events/s (higher is better; ratio to the bare read-only consumer)",
+                "events/s (higher is better; ratio to the bare aiokafka read-only consumer)",
                 [
                     (label, r[3], f"{r[3]:,.0f}/s  {report.ratio(r[3], read)}")
                     for label, r in zip(short, rows, strict=True)

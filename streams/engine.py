@@ -54,8 +54,9 @@ from tables.changelog import CHANGELOG, apply_changelog
 from tables.store import PartitionStore, RocksDBOptions
 
 from .assignor import HostAwareRangeAssignor
-from .catalogue import changelog_spec
+from .catalogue import TopicSpec, changelog_spec
 from .checkpoint import Batch, BatchCommit
+from .confluent_transport import ConfluentTransport
 from .failures import FailureRouter, Outcome, RetryPolicy, retry_topic
 from .metrics import EngineMetrics
 from .outputs import KeyPartitioner
@@ -78,6 +79,15 @@ class Lookup(Enum):
     """Partitions are being assigned: retry shortly."""
     ABSENT = "absent"
     """This worker does not run the table's projection."""
+
+
+def make_transport(
+    settings: Settings, assignor: HostAwareRangeAssignor, changelogs: list[TopicSpec]
+) -> Transport:
+    """The engine's Kafka clients on the client EVENTIDE_KAFKA_CLIENT names."""
+    if settings.kafka_client == "aiokafka":
+        return KafkaTransport(settings, assignor, changelogs)
+    return ConfluentTransport(settings, assignor, changelogs)
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -127,7 +137,7 @@ class ProjectionEngine(Service):
         self.ready = False
         self.partitioner = KeyPartitioner(settings.partitions)
         self.rocksdb = RocksDBOptions()
-        self.transport: Transport = transport or KafkaTransport(
+        self.transport: Transport = transport or make_transport(
             settings, self.assignor, [p.changelog_spec for p in self.projections]
         )
         self.standbys = StandbyReplicas(self)

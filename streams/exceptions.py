@@ -22,6 +22,12 @@ class BrokerError(EventideError):
     retriable = True
 
 
+class DeliveryError(EventideError):
+    """The producer could not deliver a batch's records: the batch fails."""
+
+    retriable = True
+
+
 class TopicConfigError(EventideError):
     """A topic exists with a layout (partition count) that the app cannot use."""
 

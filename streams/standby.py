@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from tables.changelog import CHANGELOG, apply_changelog
 from tables.store import PartitionStore
 
-from .transport import KafkaTransport
+from .transport import KafkaReaders
 
 if TYPE_CHECKING:
     from .engine import ProjectionEngine
@@ -65,7 +65,7 @@ class StandbyReplicas:
         """Follow the wanted changelog partitions until the engine stops."""
         engine = self.engine
         transport = engine.transport
-        if engine.settings.standby_replicas == 0 or not isinstance(transport, KafkaTransport):
+        if engine.settings.standby_replicas == 0 or not isinstance(transport, KafkaReaders):
             return
         table_of = {engine.changelog_topic(p.table): p.table for p in engine.projections}
         reader = transport.reader("standby")

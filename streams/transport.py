@@ -10,12 +10,16 @@ The batch engine (streams/engine.py) and its batch commit
   the offset of the last record per partition once acknowledged;
 - a :class:`ChangelogReader` that replays one changelog partition to its end.
 
-:class:`KafkaTransport` builds them on aiokafka from the settings; the unit
-tests drive the engine with an in-memory transport (tests/unit/streams/).
+:class:`KafkaTransport` builds them on aiokafka from the settings
+(``EVENTIDE_KAFKA_CLIENT=aiokafka``); :class:`~streams.confluent_transport.ConfluentTransport`
+on librdkafka (the default). Both read changelogs, and give standbys and rebuilds
+their readers, through :class:`KafkaReaders` (aiokafka). The unit tests drive
+the engine with an in-memory transport (tests/unit/streams/).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
@@ -76,7 +80,10 @@ class RecordSender(Protocol):
 
 
 class Consumer(Protocol):
-    """What the engine uses of its group consumer (aiokafka's ``AIOKafkaConsumer``)."""
+    """What the engine uses of its group consumer: aiokafka's ``AIOKafkaConsumer``, or
+    :class:`~streams.confluent_consumer.ConfluentConsumer`. The records of ``getmany``
+    have ``topic partition offset key value headers timestamp``; a failed ``commit``
+    of a group that has moved on raises aiokafka's ``CommitFailedError``."""
 
     async def getmany(
         self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
@@ -127,68 +134,25 @@ class Transport(ChangelogReader, Protocol):
         ...
 
 
-class KafkaTransport:
-    """The engine's Kafka clients on aiokafka: an idempotent producer (acks=all)
-    behind a :class:`~streams.outputs.BatchSender`, and a group consumer with
-    static membership, manual commits and the host-aware assignor."""
+def instance_id(settings: Settings) -> str:
+    """The worker's static group membership id (``group.instance.id``).
 
-    def __init__(
-        self,
-        settings: Settings,
-        assignor: HostAwareRangeAssignor,
-        changelogs: Sequence[TopicSpec] = (),
-    ) -> None:
-        self.settings = settings
-        self.assignor = assignor
-        self.changelogs = tuple(changelogs)
-        """Changelog topics created (compacted) before the clients start."""
-        self.consumer: AIOKafkaConsumer | None = None
-        self.producer: AIOKafkaProducer | None = None
-        self.sender: BatchSender | None = None
+    Kafka accepts only ASCII letters, digits, ``.``, ``_`` and ``-`` there (at
+    most 249 characters), so the web address is spelled with those.
+    """
+    raw = f"{settings.projection_group}-{settings.web_host}-{settings.web_port}"
+    return re.sub(r"[^A-Za-z0-9._-]", "_", raw)[:249]
+
+
+class KafkaReaders:
+    """Consumers outside the group, on aiokafka: the changelog reader of
+    recoveries (:meth:`read`) and the readers of standbys and rebuilds (:meth:`reader`)."""
+
+    settings: Settings
 
     @property
     def group_id(self) -> str:
         return self.settings.projection_group
-
-    async def start(self, topics: Sequence[str], listener: ConsumerRebalanceListener) -> None:
-        settings = self.settings
-        if self.changelogs:
-            await create_topics(settings, self.changelogs)
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=settings.bootstrap_servers,
-            client_id=f"{self.group_id}-producer",
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=0,
-            max_batch_size=1024 * 1024,
-            max_request_size=8 * 1024 * 1024,
-        )
-        await self.producer.start()
-        self.sender = BatchSender(self.producer)
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers,
-            client_id=f"{self.group_id}-consumer",
-            group_id=self.group_id,
-            # Static membership: a restarted worker takes its partitions back
-            # at once instead of waiting out the old member's session.
-            group_instance_id=f"{self.group_id}-{settings.web_host}:{settings.web_port}",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            partition_assignment_strategy=(self.assignor,),
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-            fetch_max_bytes=32 * 1024 * 1024,
-            max_poll_interval_ms=300_000,
-            session_timeout_ms=settings.session_timeout_ms,
-            heartbeat_interval_ms=max(1000, settings.session_timeout_ms // 4),
-        )
-        await self.consumer.start()
-        self.consumer.subscribe(list(topics), listener=listener)
-
-    async def stop(self) -> None:
-        if self.consumer is not None:
-            await self.consumer.stop()  # leaves the group: partitions move at once
-        if self.producer is not None:
-            await self.producer.stop()
 
     def reader(self, purpose: str) -> AIOKafkaConsumer:
         """A consumer outside the group (manual assignment, no commits)."""
@@ -221,3 +185,63 @@ class KafkaTransport:
                     yield records
         finally:
             await reader.stop()
+
+
+class KafkaTransport(KafkaReaders):
+    """The engine's Kafka clients on aiokafka (``EVENTIDE_KAFKA_CLIENT=aiokafka``): an
+    idempotent producer (acks=all) behind a :class:`~streams.outputs.BatchSender`, and
+    a group consumer with static membership, manual commits and the host-aware assignor."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        assignor: HostAwareRangeAssignor,
+        changelogs: Sequence[TopicSpec] = (),
+    ) -> None:
+        self.settings = settings
+        self.assignor = assignor
+        self.changelogs = tuple(changelogs)
+        """Changelog topics created (compacted) before the clients start."""
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self.sender: BatchSender | None = None
+
+    async def start(self, topics: Sequence[str], listener: ConsumerRebalanceListener) -> None:
+        settings = self.settings
+        if self.changelogs:
+            await create_topics(settings, self.changelogs)
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=settings.bootstrap_servers,
+            client_id=f"{self.group_id}-producer",
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=0,  # the engine hands over whole batches: lingering only adds latency
+            max_batch_size=1024 * 1024,
+            max_request_size=8 * 1024 * 1024,
+        )
+        await self.producer.start()
+        self.sender = BatchSender(self.producer)
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers,
+            client_id=f"{self.group_id}-consumer",
+            group_id=self.group_id,
+            # Static membership: a restarted worker takes its partitions back
+            # at once instead of waiting out the old member's session.
+            group_instance_id=instance_id(settings),
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            partition_assignment_strategy=(self.assignor,),
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_bytes=32 * 1024 * 1024,
+            max_poll_interval_ms=300_000,
+            session_timeout_ms=settings.session_timeout_ms,
+            heartbeat_interval_ms=max(1000, settings.session_timeout_ms // 4),
+        )
+        await self.consumer.start()
+        self.consumer.subscribe(list(topics), listener=listener)
+
+    async def stop(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()  # leaves the group: partitions move at once
+        if self.producer is not None:
+            await self.producer.stop()

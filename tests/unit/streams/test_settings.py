@@ -12,6 +12,7 @@ def test_defaults_without_environment():
     assert s.partitions == 8
     assert s.web_port == 6066
     assert s.data_dir == Path(".eventide/data")
+    assert s.kafka_client == "confluent"
 
 
 def test_environment_overrides_defaults():
@@ -46,6 +47,11 @@ def test_environment_overrides_defaults():
         ("EVENTIDE_DATA_DIR", " ", "EVENTIDE_DATA_DIR is set but empty"),
         ("EVENTIDE_PROJECTIONS", " , ", "EVENTIDE_PROJECTIONS=' , ': expected all or a comma"),
         ("EVENTIDE_PROJECTIONS", "orders;customers", "EVENTIDE_PROJECTIONS='orders;customers'"),
+        (
+            "EVENTIDE_KAFKA_CLIENT",
+            "kafka-python",
+            "EVENTIDE_KAFKA_CLIENT='kafka-python': expected one of confluent, aiokafka",
+        ),
     ],
 )
 def test_bad_values_fail_naming_the_variable(var, value, message):
