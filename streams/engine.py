@@ -338,6 +338,8 @@ class ProjectionEngine(Service):
             self._committer = None
             committer.result()  # raises what the last background commit raised
         self._to_commit.update(commits)
+        # The lag metric counts from here: these offsets are in RocksDB already.
+        self.metrics.committed(commits)
         if self._committer is None:
             self._committer = asyncio.ensure_future(self._commit_in_background())
 
