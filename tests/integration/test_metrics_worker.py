@@ -65,11 +65,16 @@ def test_metrics_lag_and_targets(make_settings, worker_factory):
     plan = plan_orders(150, customers=20, seed=3)
     asyncio.run(publish_plan(settings, plan))
 
-    # healthy: every event counted, latency observed, keys in the table, no lag
+    # healthy: every event counted, latency observed, keys in the table, no lag. The
+    # events are counted when a batch is applied, before it is written and committed,
+    # and the lag gauge may still hold a refresh from before the events arrived: wait
+    # for the written batches (latency, keys) too, not only for the counts.
     seen = wait_for(
         lambda m: (
             m.get("eventide_events_total", 0) >= len(plan.events)
             and m.get("eventide_consumer_lag_records", -1) == 0
+            and m.get("eventide_end_to_end_latency_seconds_count", 0) > 0
+            and m.get("eventide_table_keys", 0) >= 150
         ),
         settings,
     )
