@@ -147,6 +147,9 @@ class ProjectionEngine(Service):
         self._completers: set[asyncio.Future[None]] = set()
         """Tasks completing a batch once its changelog is acknowledged."""
         self._uncommitted: dict[TopicPartition, int] = {}
+        self._to_commit: dict[TopicPartition, int] = {}
+        """Offsets of completed batches awaiting the background commit."""
+        self._committer: asyncio.Future[None] | None = None
         """Positions applied by the stores beyond the group's committed offsets."""
         self.events_processed = 0
         self.outcomes: dict[str, int] = {}
@@ -202,6 +205,7 @@ class ProjectionEngine(Service):
             self.ready = False
             await self._notify_rebalance("the worker is stopping")
             await self.complete_pending()
+            await self.flush_commits()
             await self.transport.stop()
             for projection in self.projections:
                 await projection.close()
@@ -321,18 +325,44 @@ class ProjectionEngine(Service):
         asyncio.get_running_loop().call_later(delay, resume)
 
     async def _commit(self, commits: dict[TopicPartition, int]) -> None:
+        """Have ``commits`` committed for the group, in the background.
+
+        An offset commit is a round trip to the group coordinator (tens of ms
+        on a busy broker); the batch path does not wait for it. The stores hold
+        the applied offsets, so a commit that comes late or never only makes a
+        restarted or new owner skip more records by offset. A commit failure
+        other than a rebalance is raised here, at the next batch.
+        """
+        committer = self._committer
+        if committer is not None and committer.done():
+            self._committer = None
+            committer.result()  # raises what the last background commit raised
+        self._to_commit.update(commits)
+        # The lag metric counts from here: these offsets are in RocksDB already.
+        self.metrics.committed(commits)
+        if self._committer is None:
+            self._committer = asyncio.ensure_future(self._commit_in_background())
+
+    async def _commit_in_background(self) -> None:
         consumer = self.transport.consumer
         assert consumer is not None
-        assigned = consumer.assignment()
-        offsets = {tp: o for tp, o in self._uncommitted.items() if tp in assigned}
-        offsets.update(commits)
-        self._uncommitted = {}
-        try:
-            await consumer.commit(offsets)
-            self.metrics.committed(offsets)
-        except CommitFailedError as exc:
-            # The stores hold the applied offsets; the next owner seeks past them.
-            logger.info("offset commit skipped during a rebalance: %s", exc)
+        while self._to_commit or self._uncommitted:
+            assigned = consumer.assignment()
+            offsets = {tp: o for tp, o in self._uncommitted.items() if tp in assigned}
+            offsets.update(self._to_commit)
+            self._uncommitted, self._to_commit = {}, {}
+            try:
+                await consumer.commit(offsets)
+                self.metrics.committed(offsets)
+            except CommitFailedError as exc:
+                # The stores hold the applied offsets; the next owner seeks past them.
+                logger.info("offset commit skipped during a rebalance: %s", exc)
+
+    async def flush_commits(self) -> None:
+        """Wait for the background offset commits (before partitions move, or a stop)."""
+        committer, self._committer = self._committer, None
+        if committer is not None:
+            await committer
 
     # -- the public API of rebuilds and operator tools ------------------------
 
@@ -344,9 +374,11 @@ class ProjectionEngine(Service):
 
     @contextlib.asynccontextmanager
     async def exclusive(self) -> AsyncIterator[None]:
-        """Hold the engine still: no batch runs, and the in-flight one is complete."""
+        """Hold the engine still: no batch runs, and the in-flight one is complete
+        (its offsets committed)."""
         async with self._lock:
             await self.complete_pending()
+            await self.flush_commits()
             yield
 
     async def write_changelog(
@@ -374,6 +406,7 @@ class ProjectionEngine(Service):
             self.ready = False
             await self._notify_rebalance(f"rebalance: {len(revoked)} partitions revoked")
             await self.complete_pending()
+            await self.flush_commits()
             self.metrics.revoked(revoked)
             for tp in revoked:
                 for projection in self.by_topic.get(tp.topic, ()):

@@ -101,8 +101,9 @@ class EngineMetrics:
         )
         self.lag = Gauge(
             "eventide_consumer_lag_records",
-            "Log end offset minus the projections' committed offset (or position before the "
-            "first commit), per assigned partition.",
+            "Log end offset minus the offset the projections have applied to RocksDB (committed "
+            "to the group in the background; the position before the first batch), per "
+            "assigned partition.",
             ["topic", "partition"],
             registry=r,
         )

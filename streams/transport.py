@@ -215,7 +215,7 @@ class KafkaTransport(KafkaReaders):
             client_id=f"{self.group_id}-producer",
             acks="all",
             enable_idempotence=True,
-            linger_ms=5,
+            linger_ms=0,  # the engine hands over whole batches: lingering only adds latency
             max_batch_size=1024 * 1024,
             max_request_size=8 * 1024 * 1024,
         )

@@ -106,6 +106,7 @@ async def test_a_batch_reaches_the_read_model_changelog_outputs_and_offsets(tmp_
     assert engine.changelog_topic("orders") == "order-views"  # the published views
     facts = [orjson.loads(r.value) for r in broker.log("customer-facts")]  # encoded on send
     assert [(f["orderId"], f["paidAmount"]) for f in facts] == [("o-1", 16.0), ("o-2", None)]
+    await engine.flush_commits()  # offsets are committed in the background
     assert broker.committed[SOURCE] == 3
     store = engine.stores[("orders", 0)]
     assert (store.offset("order-events"), store.offset(CHANGELOG)) == (2, 2)
@@ -122,6 +123,47 @@ async def test_a_batch_with_no_successor_is_completed_as_soon_as_acknowledged(tm
     await asyncio.sleep(0.01)  # the acks arrive; no other batch, no empty fetch
     assert store.get(b"o-1")["status"] == "pending"
     assert broker.committed[SOURCE] == 1
+
+
+async def test_a_slow_offset_commit_does_not_hold_the_next_batch(tmp_path):
+    # Latency: an offset commit is a round trip to the group coordinator (tens of
+    # ms on a busy broker); batches must not wait for it.
+    broker = FakeBroker()
+    engine = await open_engine(tmp_path, broker)
+    consumer = engine.transport.consumer
+    release = asyncio.Event()
+    commit = consumer.commit  # type: ignore[union-attr]
+
+    async def slow_commit(offsets):  # type: ignore[no-untyped-def]
+        await release.wait()
+        await commit(offsets)
+
+    consumer.commit = slow_commit  # type: ignore[union-attr, method-assign]
+    await engine.process(publish(broker, placed("o-1")))
+    await asyncio.wait_for(engine.complete_pending(), 1)  # not held by the commit
+    await engine.process(publish(broker, paid("o-1")))  # the next batch goes on
+    await asyncio.wait_for(engine.complete_pending(), 1)
+    assert engine.stores[("orders", 0)].get(b"o-1")["status"] == "confirmed"
+    assert SOURCE not in broker.committed
+    release.set()
+    await engine.flush_commits()
+    assert broker.committed[SOURCE] == 2
+
+
+async def test_a_failed_offset_commit_fails_the_next_batch(tmp_path):
+    broker = FakeBroker()
+    engine = await open_engine(tmp_path, broker)
+
+    async def broken_commit(offsets):  # type: ignore[no-untyped-def]
+        raise RuntimeError("coordinator says no")
+
+    engine.transport.consumer.commit = broken_commit  # type: ignore[union-attr, method-assign]
+    await engine.process(publish(broker, placed("o-1")))
+    await engine.complete_pending()
+    await asyncio.sleep(0.01)
+    await engine.process(publish(broker, paid("o-1")))
+    with pytest.raises(RuntimeError, match="coordinator says no"):
+        await engine.complete_pending()
 
 
 async def test_records_the_store_has_applied_are_skipped(tmp_path):
@@ -157,6 +199,7 @@ async def test_a_crash_after_the_changelog_restores_the_batch_and_skips_its_rede
     await second.complete_pending()
     assert second.events_skipped == 2
     assert [k for k, _ in changelog(broker, second)] == [b"o-1", OFFSETS_KEY, OFFSETS_KEY]
+    await second.flush_commits()  # offsets are committed in the background
     assert broker.committed[SOURCE] == 2
 
 
@@ -206,6 +249,7 @@ async def test_a_failing_record_waits_in_retry_and_holds_its_key(tmp_path):
     retried = broker.log(RETRY.topic)
     assert [r.value for r in retried] == [b"boom", b"after"]
     assert dict(retried[0].headers)["x-eventide-attempt"] == b"1"
+    await engine.flush_commits()  # offsets are committed in the background
     assert broker.committed[SOURCE] == 3  # the source moves on; the retry topic holds k1
 
     await engine.process({RETRY: retried})  # due in 60 s: the retry partition is held
