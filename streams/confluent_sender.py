@@ -64,7 +64,10 @@ def producer_config(settings: Settings, client_id: str) -> dict[str, Any]:
         # Experimental in librdkafka (it logs a CONFWARN saying so at start-up),
         # but what lets one ack per partition stand for all the records before it.
         "enable.gapless.guarantee": True,
-        "linger.ms": 2,
+        # The engine hands over whole batches: waiting for more only adds latency
+        # (acks of a 20-record submit: 7-11 ms at 0, 16-24 ms at 2 on the busy
+        # 2-core machine; the same CPU per record for 2,000 and 30,000-record submits).
+        "linger.ms": 0,
         "message.timeout.ms": DELIVERY_TIMEOUT_MS,
         "message.max.bytes": 8 * 1024 * 1024,
         "queue.buffering.max.messages": 1_000_000,
