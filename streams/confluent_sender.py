@@ -231,14 +231,21 @@ class ConfluentSender:
             self._loop.call_soon_threadsafe(callback, *args)
 
     async def close(self, timeout: float = 30.0) -> None:
-        """Wait (at most ``timeout``) for what is in flight, then stop polling."""
-        try:
-            remaining = await asyncio.to_thread(self._producer.flush, timeout)
-        except KafkaException as exc:  # a fatal error, served by flush() instead of poll()
-            self.on_error(exc.args[0])
-        else:
-            if remaining:
-                logger.warning("producer closed with %d records not acknowledged", remaining)
+        """Wait (at most ``timeout``) for what is in flight, then stop polling.
+
+        After a fatal error nothing more will be acknowledged: it stops waiting.
+        """
+        deadline = self._loop.time() + timeout
+        remaining = 0
+        while self.fatal is None:
+            try:
+                remaining = await asyncio.to_thread(self._producer.flush, 0.5)
+            except KafkaException as exc:  # a fatal error, served by flush() instead of poll()
+                self.on_error(exc.args[0])
+            if not remaining or self._loop.time() >= deadline:
+                break
+        if remaining:
+            logger.warning("producer closed with %d records not acknowledged", remaining)
         self._polling.clear()
         if self._poller is not None:
             await asyncio.to_thread(self._poller.join, 5.0)
