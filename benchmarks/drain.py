@@ -14,7 +14,7 @@ duplicates) into fresh topics, then, in the same run and on the same data:
 1. Eventide: one ``eventide worker`` drains both read models (orders, and
    customers through the customer-facts repartition topic); ``--projections``
    adds notifications (the issue's benchmark is the two read models);
-   ``--kafka-client`` (default: $EVENTIDE_KAFKA_CLIENT, else confluent) picks
+   ``--kafka-client`` (default: $EVENTIDE_KAFKA_CLIENT, else aiokafka) picks
    the engine's Kafka client;
 2. the naive Faust agent (one table write per event) drains ``--naive-events``
    of the same order events (it is slow; its rate is what matters);
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--kafka-client",
         choices=["confluent", "aiokafka"],
-        default=os.environ.get("EVENTIDE_KAFKA_CLIENT", "confluent"),
+        default=os.environ.get("EVENTIDE_KAFKA_CLIENT", "aiokafka"),
         help="EVENTIDE_KAFKA_CLIENT of the measured worker (default: from the environment)",
     )
     ap.add_argument(

@@ -279,11 +279,14 @@ class Settings:
     """EVENTIDE_STANDBY_REPLICAS: other workers that keep a warm copy of each table
     partition by following its changelog, so a failover restores only the tail."""
 
-    kafka_client: str = setting("confluent", _choice("confluent", "aiokafka"))
+    kafka_client: str = setting("aiokafka", _choice("confluent", "aiokafka"))
     """EVENTIDE_KAFKA_CLIENT: the Kafka client of the projection engine's producer and
-    group consumer: ``confluent`` (librdkafka) or ``aiokafka``. Every worker of a
+    group consumer: ``aiokafka`` or ``confluent`` (librdkafka). Every worker of a
     group must use the same one (their assignors differ); Faust's own clients,
-    changelog replays, standbys and rebuilds use aiokafka either way."""
+    changelog replays, standbys and rebuilds use aiokafka either way. aiokafka is
+    the default because it measured faster in the whole engine on the reference
+    machine (docs/benchmarks/README.md), although librdkafka reads 1.6x faster
+    alone: its consume and delivery threads hand every batch to the event loop."""
 
     session_timeout_ms: int = setting(10_000, _int(6_000, 300_000))
     """EVENTIDE_SESSION_TIMEOUT_MS: how long a silent worker keeps its partitions

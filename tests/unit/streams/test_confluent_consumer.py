@@ -270,6 +270,6 @@ def test_static_membership_id_uses_only_characters_kafka_accepts():
 
 def test_the_kafka_client_setting_picks_the_transport():
     hosts = HostAwareRangeAssignor("http://127.0.0.1:6066")
-    assert isinstance(make_transport(Settings.from_env({}), hosts, []), ConfluentTransport)
-    aiokafka = Settings.from_env({"EVENTIDE_KAFKA_CLIENT": "aiokafka"})
-    assert isinstance(make_transport(aiokafka, hosts, []), KafkaTransport)
+    assert isinstance(make_transport(Settings.from_env({}), hosts, []), KafkaTransport)
+    confluent = Settings.from_env({"EVENTIDE_KAFKA_CLIENT": "confluent"})
+    assert isinstance(make_transport(confluent, hosts, []), ConfluentTransport)

@@ -12,7 +12,7 @@ def test_defaults_without_environment():
     assert s.partitions == 8
     assert s.web_port == 6066
     assert s.data_dir == Path(".eventide/data")
-    assert s.kafka_client == "confluent"
+    assert s.kafka_client == "aiokafka"
 
 
 def test_environment_overrides_defaults():
