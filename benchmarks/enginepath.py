@@ -24,7 +24,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 from aiokafka import TopicPartition
 
@@ -32,21 +32,12 @@ from agents.customers import CustomersProjection
 from agents.orders import OrdersProjection
 from schemas.codecs import CONTENT_TYPE_AVRO, EventCodec
 from streams.catalogue import CUSTOMER_FACTS, ORDER_EVENTS, USER_EVENTS, key_of
+from streams.confluent_consumer import Record
 from streams.engine import ProjectionEngine
 from streams.outputs import KeyPartitioner
 from streams.settings import Settings
 
 from .workload import make_workload
-
-
-class Record(NamedTuple):
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: Sequence[tuple[str, bytes]]
-    timestamp: int = 0
 
 
 class _Acks:
@@ -75,7 +66,7 @@ class MemoryLog:
 
     def records_of(self, topic: str, partition: int) -> list[Record]:
         return [
-            Record(topic, partition, offset, kvh[0], kvh[1], kvh[2])
+            Record(topic, partition, offset, kvh[0], kvh[1], kvh[2], 0)
             for offset, kvh in enumerate(self.logs.get((topic, partition), []))
         ]
 
