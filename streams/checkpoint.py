@@ -81,11 +81,19 @@ class BatchCommit:
             store = self.engine.stores.get(key)
             if store is None:
                 return None
-            parent = self.parent.contexts.get(key) if self.parent is not None else None
-            ctx = self.contexts[key] = BatchContext(
-                Transaction(store, parent.tx if parent is not None else None)
-            )
+            ctx = self.contexts[key] = BatchContext(Transaction(store, self._parent_tx(key)))
         return ctx
+
+    def _parent_tx(self, key: tuple[str, int]) -> Transaction | None:
+        """The transaction of the newest batch in flight that touched ``key``'s
+        partition (batches in between may not have); None if the store has all."""
+        commit = self.parent
+        while commit is not None:
+            ctx = commit.contexts.get(key)
+            if ctx is not None:
+                return ctx.tx
+            commit = commit.parent
+        return None
 
     def _apply_partition(
         self,
@@ -177,11 +185,16 @@ class BatchCommit:
 
     # -- 4. changelog + offsets ------------------------------------------------
 
+    async def outputs_acknowledged(self) -> None:
+        """Wait until the broker has acknowledged the outputs (the changelog's
+        offsets record must never get ahead of them)."""
+        if self._outputs is not None:
+            await self._outputs.acknowledged()
+
     async def produce_changelog(self, sender: RecordSender) -> None:
         """Wait for the outputs' acks; then prepare every transaction and send its
         changelog records, ending with the offsets record."""
-        if self._outputs is not None:
-            await self._outputs.acknowledged()
+        await self.outputs_acknowledged()
         add, engine = sender.add, self.engine
         for (table, partition), ctx in self.contexts.items():
             changelog = engine.changelog_topic(table)

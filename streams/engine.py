@@ -20,9 +20,13 @@ inside the Faust app as a service. Per batch, one
    one ``WriteBatch`` with those offsets;
 6. **commit offsets** of the consumer group.
 
-Steps 5 and 6 of one batch overlap steps 1 to 4 of the next (pipelining one
-batch deep); the next batch reads the in-flight batch's changes from its
-transaction.
+Steps 1 to 3 run in the engine's loop; steps 4 to 6 of each batch run in a
+task of their own, chained in batch order (changelogs produced, stores
+written and offsets committed in the order the batches were applied), so the
+loop fetches and applies the next batch while earlier ones wait for their acks.
+Up to ``pipeline_depth`` batches are in flight; each reads the changes of
+those before it from their transactions. With no backlog, a batch reaches
+RocksDB two broker round trips after it was fetched (outputs, then changelog).
 
 A crash anywhere leaves the changelog at or ahead of the local store; on
 assignment, a partition replays its changelog from the last changelog offset
@@ -60,6 +64,7 @@ from .confluent_transport import ConfluentTransport
 from .failures import FailureRouter, Outcome, RetryPolicy, retry_topic
 from .metrics import EngineMetrics
 from .outputs import KeyPartitioner
+from .pipeline import BatchPipeline
 from .projection import Projection
 from .settings import Settings
 from .standby import StandbyReplicas
@@ -143,9 +148,6 @@ class ProjectionEngine(Service):
         self.standbys = StandbyReplicas(self)
         """Warm copies of partitions other workers own (EVENTIDE_STANDBY_REPLICAS)."""
         self._lock = asyncio.Lock()
-        self._pending: BatchCommit | None = None
-        self._completers: set[asyncio.Future[None]] = set()
-        """Tasks completing a batch once its changelog is acknowledged."""
         self._uncommitted: dict[TopicPartition, int] = {}
         self._to_commit: dict[TopicPartition, int] = {}
         """Offsets of completed batches awaiting the background commit."""
@@ -159,6 +161,8 @@ class ProjectionEngine(Service):
         self.metrics = metrics if metrics is not None else EngineMetrics()
         """Prometheus metrics (streams/metrics.py), served at GET /metrics."""
         self.metrics.watch_stores(self.stores)
+        self.pipeline = BatchPipeline(self.metrics, self._commit, settings.pipeline_depth)
+        """Batches applied and waiting for their acks (steps 4 to 6)."""
         self.rebalance_listeners: list[Callable[[str], Awaitable[None]]] = []
         """Awaited with a reason, under the engine's lock, when partitions are
         revoked or assigned and when the engine stops (rebuilds abort)."""
@@ -213,8 +217,7 @@ class ProjectionEngine(Service):
                 store.close()
             self.stores.clear()
             self.standbys.close()
-        for task in list(self._completers):
-            task.cancel()
+        self.pipeline.cancel()
 
     @Service.task
     async def _run(self) -> None:
@@ -237,60 +240,37 @@ class ProjectionEngine(Service):
     # -- the batch -----------------------------------------------------------
 
     async def process(self, batch: Batch) -> None:
-        """Apply one batch and send its records; then complete the batch before it.
+        """Apply one batch and send its outputs; its changelog, RocksDB write and
+        offset commit follow in a task of its own (:mod:`streams.pipeline`).
 
-        Batches are pipelined one deep: while batch *n*'s records travel to the
-        broker, batch *n+1* is applied, reading batch *n*'s changes from its
-        transaction. Batch *n* is written to RocksDB and its offsets committed
-        only once the broker has acknowledged all of its records.
+        Returns once the batch is applied and its outputs handed to the
+        producer, unless ``pipeline_depth`` batches are in flight: then once
+        the oldest is complete. A batch that failed to complete fails the next
+        call (every batch after it read its changes and fails too).
         """
+        pipeline = self.pipeline
+        pipeline.reap()
         sender = self._sender()
-        commit = BatchCommit(self, parent=self._pending)
+        commit = BatchCommit(self, parent=pipeline.last)
         try:
             commit.apply(batch)
             for tp, record in commit.holds:
                 self._hold(tp, record)
             await commit.run_side_effects()
-            await commit.produce_outputs(sender)
-            await self.complete_pending()  # the previous batch, meanwhile
-            await commit.produce_changelog(sender)
+            async with pipeline.send_lock:
+                await commit.produce_outputs(sender)
         except BaseException:
             commit.fail()
             raise
-        self._pending = commit
         self.metrics.batch_processed(batch, commit, commit.started)
-        task = asyncio.ensure_future(self._complete_when_acknowledged(commit))
-        self._completers.add(task)
-        task.add_done_callback(self._completers.discard)
-
-    async def _complete_when_acknowledged(self, commit: BatchCommit) -> None:
-        """Complete ``commit`` as soon as its changelog is acknowledged, unless the
-        next batch has done it meanwhile.
-
-        Under load, the next batch completes this one while its own records
-        travel (the pipeline); with no backlog there is no next batch soon, and
-        this keeps latency at the broker's round trip instead of the next fetch.
-        A failed acknowledgement is left to the batch path, which raises it.
-        """
-        try:
-            await commit.acknowledged()
-        except Exception:  # raised again where the batch path completes it
-            return
-        async with self._lock:
-            if self._pending is commit:
-                await self.complete_pending()
+        await pipeline.add(commit, sender)
 
     async def complete_pending(self) -> None:
-        """Write the in-flight batch to RocksDB once acknowledged, commit its offsets."""
-        pending, self._pending = self._pending, None
-        if pending is None:
-            if self._uncommitted:
-                await self._commit({})
-            return
-        await pending.write_stores()
-        self.metrics.batch_committed(pending)
-        if pending.commits or self._uncommitted:
-            await pending.commit_offsets(self._commit)
+        """Wait until every batch in flight is in RocksDB and its offsets handed to
+        the committer; raise the first failure."""
+        await self.pipeline.complete()
+        if self._uncommitted:
+            await self._commit({})
 
     def count_outcome(self, table: str, topic: str, outcome: Outcome) -> int:
         """Count a record that was not simply applied; 1 if it was invalid input."""

@@ -15,7 +15,8 @@ A transaction moves ``STARTED → PREPARED → COMPLETE``, or to ``FAILED``:
   nothing of it reaches the store.
 
 A transaction may read through a *parent*: the previous batch's transaction,
-prepared but not yet flushed (the engine pipelines one batch deep).
+not yet flushed, which may have a parent of its own (the engine keeps several
+batches in flight); a flushed transaction drops its parent, the store has it.
 """
 
 from __future__ import annotations
@@ -73,8 +74,11 @@ class Transaction:
         if key in self.updates:
             return self.updates[key]
         parent = self.parent
-        if parent is not None and key in parent.updates:
-            return parent.updates[key]
+        while parent is not None:  # earlier batches in flight, newest first
+            updates = parent.updates
+            if key in updates:
+                return updates[key]
+            parent = parent.parent
         return self.store.get(key)
 
     def may_have(self, prefix: bytes) -> bool:

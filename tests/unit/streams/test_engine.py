@@ -68,6 +68,11 @@ def publish(broker: FakeBroker, *events):
     return {SOURCE: list(broker.log(SOURCE.topic))}
 
 
+def newest(broker: FakeBroker, event):  # type: ignore[no-untyped-def]
+    """A batch of just ``event``, published after what the broker holds."""
+    return {SOURCE: publish(broker, event)[SOURCE][-1:]}
+
+
 def placed(order_id: str, total: float = 16.0):
     items = [{"sku": "sku-mug", "quantity": 2, "unitPrice": total / 2}]
     data = {"orderId": order_id, "customerId": "c-9", "items": items, "totalAmount": total}
@@ -166,6 +171,129 @@ async def test_a_failed_offset_commit_fails_the_next_batch(tmp_path):
         await engine.complete_pending()
 
 
+class HeldAcks:
+    """Acks that arrive when the test says so (or fail)."""
+
+    def __init__(self, acks) -> None:  # type: ignore[no-untyped-def]
+        self.acks = acks
+        self.arrived = asyncio.Event()
+        self.error: Exception | None = None
+
+    async def acknowledged(self):  # type: ignore[no-untyped-def]
+        await self.arrived.wait()
+        if self.error is not None:
+            raise self.error
+        return await self.acks.acknowledged()
+
+
+def hold_acks(engine: ProjectionEngine) -> list[HeldAcks]:
+    """Every submit from now on is acknowledged only when released; the list fills in order."""
+    sender = engine.transport.sender  # type: ignore[union-attr]
+    submit, held = sender.submit, []
+
+    async def held_submit():  # type: ignore[no-untyped-def]
+        acks = HeldAcks(await submit())
+        held.append(acks)
+        return acks
+
+    sender.submit = held_submit  # type: ignore[method-assign]
+    return held
+
+
+async def release_all(held: list[HeldAcks]) -> None:
+    """Let every ack arrive, also those of submits still to come."""
+    while True:
+        for acks in held:
+            acks.arrived.set()
+        await asyncio.sleep(0.001)
+
+
+async def test_the_next_batch_is_applied_while_the_one_before_waits_for_its_acks(tmp_path):
+    # Latency and throughput: the loop must not sit idle for a broker round trip.
+    broker = FakeBroker()
+    engine = await open_engine(tmp_path, broker)
+    held = hold_acks(engine)
+    await asyncio.wait_for(engine.process(newest(broker, placed("o-1"))), 1)
+    await asyncio.wait_for(
+        engine.process(newest(broker, paid("o-1"))), 1
+    )  # batch 1 still unacknowledged
+    store = engine.stores[("orders", 0)]
+    assert store.get(b"o-1") is None  # nothing in RocksDB before its acks
+    assert len(held) == 2  # the outputs of both batches; no changelog before their acks
+    held[1].arrived.set()  # batch 2's outputs first: its changelog still waits for batch 1's
+    await asyncio.sleep(0.01)
+    assert len(held) == 2 and broker.log(engine.changelog_topic("orders")) == []
+    held[0].arrived.set()
+    for _ in range(2):  # batch 1's changelog, then batch 2's, in that order
+        while len(held) < 4:
+            await asyncio.sleep(0.001)
+    offsets = [
+        orjson.loads(r.value)
+        for r in broker.log(engine.changelog_topic("orders"))
+        if r.key == OFFSETS_KEY
+    ]
+    assert offsets == [{"order-events": 0}, {"order-events": 1}]
+    held[3].arrived.set()  # batch 2's changelog acknowledged first: it waits for batch 1
+    await asyncio.sleep(0.01)
+    assert store.get(b"o-1") is None
+    held[2].arrived.set()
+    await asyncio.wait_for(engine.complete_pending(), 1)
+    order = store.get(b"o-1")  # batch 2 applied the payment on batch 1's order
+    assert (order["status"], order["customerId"], order["paymentId"]) == ("confirmed", "c-9", "p-1")
+    assert store.offset("order-events") == 1
+
+
+async def test_a_batch_reads_a_partition_changed_two_batches_before(tmp_path):
+    # Batches in flight are chained per table partition: one that did not touch
+    # the partition must not hide the changes of an earlier one.
+    broker = FakeBroker()
+    engine = await open_engine(tmp_path, broker)
+    held = hold_acks(engine)
+    await engine.process(newest(broker, placed("o-1")))
+    await engine.process({})  # a batch of other partitions only
+    await engine.process(newest(broker, paid("o-1")))
+    releaser = asyncio.ensure_future(release_all(held))
+    await asyncio.wait_for(engine.complete_pending(), 5)
+    releaser.cancel()
+    order = engine.stores[("orders", 0)].get(b"o-1")
+    assert (order["status"], order["customerId"], order["eventCount"]) == ("confirmed", "c-9", 2)
+
+
+async def test_a_failed_ack_fails_every_batch_that_read_its_changes(tmp_path):
+    broker = FakeBroker()
+    engine = await open_engine(tmp_path, broker)
+    held = hold_acks(engine)
+    await engine.process(newest(broker, placed("o-1")))
+    await engine.process(newest(broker, paid("o-1")))
+    held[0].error = RuntimeError("broker says no")
+    for acks in held:
+        acks.arrived.set()
+    with pytest.raises(RuntimeError, match="broker says no"):
+        await engine.complete_pending()
+    with pytest.raises(RuntimeError, match="broker says no"):  # batch 2 read batch 1's changes
+        await engine.complete_pending()
+    store = engine.stores[("orders", 0)]
+    assert store.get(b"o-1") is None and store.offset("order-events") == -1
+    assert broker.log(engine.changelog_topic("orders")) == []
+
+
+async def test_the_pipeline_waits_for_the_oldest_batch_beyond_its_depth(tmp_path):
+    broker = FakeBroker()
+    engine = await open_engine(tmp_path, broker)
+    held = hold_acks(engine)
+    for i in range(engine.pipeline.depth):
+        await asyncio.wait_for(engine.process(newest(broker, placed(f"o-{i}"))), 1)
+    assert len(engine.pipeline) == engine.pipeline.depth
+    extra = asyncio.ensure_future(engine.process(newest(broker, placed("o-x"))))
+    await asyncio.sleep(0.01)
+    assert not extra.done()  # one batch too many: it waits for the oldest
+    releaser = asyncio.ensure_future(release_all(held))
+    await asyncio.wait_for(extra, 5)
+    await asyncio.wait_for(engine.complete_pending(), 5)
+    releaser.cancel()
+    assert engine.stores[("orders", 0)].get(b"o-x")["status"] == "pending"
+
+
 async def test_records_the_store_has_applied_are_skipped(tmp_path):
     broker = FakeBroker()
     engine = await open_engine(tmp_path, broker)
@@ -185,8 +313,12 @@ async def test_a_crash_after_the_changelog_restores_the_batch_and_skips_its_rede
     broker = FakeBroker()
     first = await open_engine(tmp_path, broker)
     batch = publish(broker, placed("o-1"), paid("o-1"))
-    await first.process(batch)  # changelog produced; RocksDB and the commit not yet
-    crash(first)
+    commit = BatchCommit(first)
+    commit.apply(batch)
+    await commit.run_side_effects()
+    await commit.produce_outputs(first.transport.sender)  # type: ignore[arg-type]
+    await commit.produce_changelog(first.transport.sender)  # type: ignore[arg-type]
+    crash(first)  # changelog produced; RocksDB and the commit not yet
     assert SOURCE not in broker.committed
 
     second = await open_engine(tmp_path, broker)  # recovers from the changelog
