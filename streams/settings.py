@@ -9,6 +9,7 @@ names the variable, the value found and what is expected.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -45,6 +46,82 @@ class SecretUrl:
 
     def __repr__(self) -> str:
         return f"SecretUrl({str(self)!r})"
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A secret text (a token, a list of token hashes): never printed."""
+
+    value: str
+    """The text as configured; read it with :meth:`reveal`."""
+
+    def reveal(self) -> str:
+        """The text itself, for the code that needs it only."""
+        return self.value
+
+    def __bool__(self) -> bool:
+        return bool(self.value)
+
+    def __str__(self) -> str:
+        return "***" if self.value else ""
+
+    def __repr__(self) -> str:
+        return f"Secret({str(self)!r})"
+
+
+ROLES = ("read", "write", "admin")
+"""HTTP roles, each implying those before it: read (GET queries), write (commands),
+admin (``/admin/*``)."""
+PRINCIPAL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class TokenEntry:
+    """One accepted bearer token: who presents it and what it may do."""
+
+    principal: str
+    """Name of the client (a service, an operator): the audit log's ``principal``."""
+    role: str
+    """``read``, ``write`` or ``admin``."""
+    sha256: str
+    """Lower-case hex SHA-256 of the token (the token itself is never configured)."""
+
+
+def parse_token_entries(source: str, text: str) -> list[TokenEntry]:
+    """Parse ``principal:role:sha256hex`` entries, separated by commas or new lines
+    (``#`` starts a comment); raise :class:`SettingsError` naming ``source``."""
+    entries: list[TokenEntry] = []
+    seen: set[str] = set()
+    lines = [line.split("#", 1)[0] for line in text.splitlines()]
+    items = [i.strip() for line in lines for i in line.split(",") if i.strip()]
+    for n, item in enumerate(items, 1):
+        parts = [p.strip() for p in item.split(":")]
+        if len(parts) == 4 and parts[2].lower() == "sha256":
+            parts = [parts[0], parts[1], parts[3]]
+        shown = f"{source}: entry {n} ({':'.join(parts[:2])}:…)"
+        if len(parts) != 3:
+            raise SettingsError(
+                f"{source}: entry {n} is not principal:role:sha256hex "
+                "(make one with `eventide http-token <principal> <role>`)"
+            )
+        principal, role, digest = parts[0], parts[1].lower(), parts[2].lower()
+        if not PRINCIPAL_RE.match(principal):
+            raise SettingsError(
+                f"{shown}: principal {principal!r} must be 1-64 letters, digits and ._@-"
+            )
+        if role not in ROLES:
+            raise SettingsError(f"{shown}: role {parts[1]!r} is not one of {', '.join(ROLES)}")
+        if not SHA256_RE.match(digest):
+            raise SettingsError(
+                f"{shown}: the hash must be the 64 hex digits of the token's SHA-256 "
+                "(the token itself does not belong here)"
+            )
+        if digest in seen:
+            raise SettingsError(f"{shown}: the same token hash is listed twice")
+        seen.add(digest)
+        entries.append(TokenEntry(principal, role, digest))
+    return entries
 
 
 def parse_broker_url(url: str) -> list[str]:
@@ -106,6 +183,16 @@ def _float(low: float, high: float) -> Callable[[str, str], float]:
     return parse
 
 
+def _rate(var: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise SettingsError(f"{var}={value!r}: expected requests per second, 0 for none") from None
+    if not 0 <= number <= 1_000_000:
+        raise SettingsError(f"{var}={number}: expected 0..1000000 requests per second")
+    return number
+
+
 def _path(var: str, value: str) -> Path:
     return Path(_str(var, value))
 
@@ -156,6 +243,15 @@ def _http_url(var: str, value: str) -> SecretUrl:
             "such as https://hooks.example.com/notify"
         )
     return SecretUrl(url)
+
+
+def _token_entries(var: str, value: str) -> Secret:
+    parse_token_entries(var, value)
+    return Secret(value.strip())
+
+
+def _secret(var: str, value: str) -> Secret:
+    return Secret(value.strip())
 
 
 ALL_PROJECTIONS = "all"
@@ -329,6 +425,42 @@ class Settings:
     """EVENTIDE_ADMIN_ENDPOINTS: serve POST /admin/pause and /admin/resume on the
     worker's web port (pause or resume the projections' consumer; tests, drills)."""
 
+    http_auth: str = setting("auto", _choice("auto", "on", "off"))
+    """EVENTIDE_HTTP_AUTH: bearer tokens on the command API and the worker's HTTP
+    endpoints. ``auto``: required once tokens are configured; without any, off with
+    a warning, and refused at start-up on an address other than loopback. ``on``:
+    required (no tokens configured fails at start-up). ``off``: never checked."""
+
+    http_tokens: Secret = setting(parse=_token_entries, factory=lambda: Secret(""))
+    """EVENTIDE_HTTP_TOKENS: accepted tokens, ``principal:role:sha256hex`` separated
+    by commas; role ``read``, ``write`` or ``admin``. Never printed."""
+
+    http_tokens_file: str = setting("", _prefix)
+    """EVENTIDE_HTTP_TOKENS_FILE: a file of the same entries, one per line (``#``
+    comments); read at start-up, added to EVENTIDE_HTTP_TOKENS."""
+
+    http_token: Secret = setting(parse=_secret, factory=lambda: Secret(""))
+    """EVENTIDE_HTTP_TOKEN: the bearer token Eventide's own clients send (demo,
+    rebuild, check-targets, benchmarks). Never printed."""
+
+    http_open_probes: bool = setting(True, _bool)
+    """EVENTIDE_HTTP_OPEN_PROBES: serve ``/health`` and ``/metrics`` without a token
+    (false: they need the read role)."""
+
+    http_max_body_bytes: int = setting(65_536, _int(64, 64 * 1_048_576))
+    """EVENTIDE_HTTP_MAX_BODY_BYTES: larger request bodies are refused with 413."""
+
+    http_max_header_bytes: int = setting(16_384, _int(1024, 1_048_576))
+    """EVENTIDE_HTTP_MAX_HEADER_BYTES: larger request heads (request line and
+    headers) are refused with 431; on the worker, the limit of each header line."""
+
+    http_rate_limit: float = setting(200.0, _rate)
+    """EVENTIDE_HTTP_RATE_LIMIT: requests per second each client (principal, else
+    address) may make on average; 0: no limit. Over it: 429 with Retry-After."""
+
+    http_rate_burst: int = setting(400, _int(1, 1_000_000))
+    """EVENTIDE_HTTP_RATE_BURST: requests a client may make at once above the rate."""
+
     notify_sink: str = setting("file", _choice("file", "webhook"))
     """EVENTIDE_NOTIFY_SINK: where notifications go: ``file`` (JSON lines) or ``webhook``."""
 
@@ -377,7 +509,7 @@ class Settings:
         env = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            text = value.reveal() if isinstance(value, SecretUrl) else str(value)
+            text = value.reveal() if isinstance(value, SecretUrl | Secret) else str(value)
             env[PREFIX + f.name.upper()] = text
         return env
 
