@@ -327,6 +327,17 @@ class AccessPolicy:
         )
 
 
+def bearer(token: str) -> dict[str, str]:
+    """The ``Authorization`` header Eventide's own clients send (none without a token)."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def http_env(settings: Settings) -> dict[str, str]:
+    """The EVENTIDE_HTTP_* variables of ``settings``, for the settings of child
+    processes (benchmarks) that must accept and send the same tokens."""
+    return {k: v for k, v in settings.to_env().items() if k.startswith("EVENTIDE_HTTP_")}
+
+
 def correlation_id(header: str | None) -> str:
     """The request's ``X-Correlation-Id`` when well-formed, else a new uuid."""
     if header and CORRELATION_RE.match(header):
