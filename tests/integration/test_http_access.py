@@ -4,6 +4,7 @@ line of an admin action (``eventide rebuild`` sends the token of EVENTIDE_HTTP_T
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 from typing import Any
@@ -19,10 +20,8 @@ ROLES = {"reader": "read", "writer": "write", "ops": "admin", "greedy": "read"}
 def raw_request(port: int, head: bytes) -> bytes:
     """Send a raw request head; return the status line of the answer."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        try:
+        with contextlib.suppress(OSError):  # the server may close before all is sent
             s.sendall(head)
-        except OSError:
-            pass  # the server may close while the head is still being sent
         data = b""
         try:
             while b"\r\n" not in data:

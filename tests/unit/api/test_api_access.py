@@ -217,7 +217,7 @@ def test_malformed_token_entries_fail_naming_the_setting(env, message):
 def test_token_misconfiguration_fails_at_start_up(tmp_path):
     base = {"EVENTIDE_STATE_DIR": str(tmp_path)}
     missing = tmp_path / "no-such-tokens"
-    with pytest.raises(SettingsError, match="EVENTIDE_HTTP_TOKENS_FILE=.*cannot read the token"):
+    with pytest.raises(SettingsError, match=r"EVENTIDE_HTTP_TOKENS_FILE=.*cannot read the token"):
         create_api(Settings.from_env({**base, "EVENTIDE_HTTP_TOKENS_FILE": str(missing)}))
     bad = tmp_path / "tokens"
     bad.write_text(f"# ops team\nops:admin:{token_hash('a')}\nci:superuser:{token_hash('b')}\n")
@@ -225,7 +225,7 @@ def test_token_misconfiguration_fails_at_start_up(tmp_path):
         create_api(Settings.from_env({**base, "EVENTIDE_HTTP_TOKENS_FILE": str(bad)}))
     with pytest.raises(SettingsError, match="EVENTIDE_HTTP_AUTH=on but no tokens"):
         create_api(Settings.from_env({**base, "EVENTIDE_HTTP_AUTH": "on"}))
-    with pytest.raises(SettingsError, match="listen on 0.0.0.0 without authentication"):
+    with pytest.raises(SettingsError, match=r"listen on 0\.0\.0\.0 without authentication"):
         create_api(Settings.from_env({**base, "EVENTIDE_API_HOST": "0.0.0.0"}))
 
 
