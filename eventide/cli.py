@@ -22,7 +22,8 @@ from schemas.compat import check_registry
 from schemas.exceptions import EventideError
 from schemas.registry import DEFAULT_ROOT, REGISTRY_FILE, Registry
 from streams.httpaccess import token_hash
-from streams.settings import ROLES, Settings, parse_token_entries
+from streams.settings import Settings
+from streams.tokens import ROLES, parse_token_entries
 from streams.topics import ensure_topics
 
 from .tools import devbroker

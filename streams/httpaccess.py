@@ -32,7 +32,8 @@ from pathlib import Path
 import orjson
 
 from .exceptions import SettingsError
-from .settings import Settings, TokenEntry, parse_token_entries
+from .settings import Settings
+from .tokens import TokenEntry, parse_token_entries
 
 logger = logging.getLogger(__name__)
 
