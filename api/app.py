@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import re
 import time
@@ -26,6 +27,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ValidationError
 
+from streams.httpaccess import ANONYMOUS, AccessPolicy, Principal, Refusal, audit
 from streams.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from streams.metrics import exposition
 from streams.settings import Settings
@@ -74,10 +76,17 @@ HEADER_DOCS = [
     },
 ]
 ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "No bearer token, or an unknown one"},
+    403: {"description": "The token's role may not send commands (needs write)"},
     404: {"description": "The order does not exist"},
     409: {"description": "Not allowed in the entity's current state"},
+    413: {"description": "Body over EVENTIDE_HTTP_MAX_BODY_BYTES"},
+    415: {"description": "The body is not sent as application/json"},
     422: {"description": "Invalid request: each error names the field and the reason"},
+    429: {"description": "Rate limit exceeded: retry after the Retry-After seconds"},
 }
+DOC_PATHS = ("/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc")
+"""Served without a token: the API's description holds no data."""
 
 
 def _field(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -152,6 +161,79 @@ def _api_error(exc: ApiError) -> tuple[int, bytes]:
     return http_status(exc), orjson.dumps({"error": str(exc)})
 
 
+def _is_json(content_type: str | None) -> bool:
+    """``application/json``, with no charset or UTF-8 (the only one JSON has)."""
+    if not content_type:
+        return False
+    media, *params = content_type.split(";")
+    if media.strip().lower() != "application/json":
+        return False
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in (
+            "utf-8",
+            "utf8",
+        ):
+            return False
+    return True
+
+
+UNSUPPORTED_MEDIA: Answer = (
+    415,
+    orjson.dumps(
+        {"error": "send the command as JSON with the header Content-Type: application/json"}
+    ),
+    {},
+)
+
+
+class _Object(dict[str, Any]):
+    """A JSON object that remembers the keys it was given more than once."""
+
+    repeated: list[str]
+
+
+def _object(pairs: list[tuple[str, Any]]) -> _Object:
+    obj = _Object(pairs)
+    obj.repeated = []
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                obj.repeated.append(key)
+            seen.add(key)
+    return obj
+
+
+def _repeated_key(node: Any, path: str = "") -> str | None:
+    if isinstance(node, _Object):
+        if node.repeated:
+            key = node.repeated[0]
+            return f"{path}.{key}" if path else key
+        for key, value in node.items():
+            found = _repeated_key(value, f"{path}.{key}" if path else key)
+            if found:
+                return found
+    elif isinstance(node, list):
+        for n, value in enumerate(node):
+            found = _repeated_key(value, f"{path}[{n}]")
+            if found:
+                return found
+    return None
+
+
+def duplicate_key(raw: bytes) -> str | None:
+    """The path of a key given twice in one JSON object of ``raw`` (``items[0].sku``),
+    or None. Parsers keep the last value silently; a command must say what it means."""
+    if raw.count(b'"') < 4:
+        return None
+    try:
+        doc = json.loads(raw, object_pairs_hook=_object)
+    except (ValueError, RecursionError):
+        return None  # not JSON: the model's validation says so
+    return _repeated_key(doc)
+
+
 def _checked_header(name: str, value: str | None) -> str | None:
     if value is not None and not HEADER_RE.match(value):
         raise InvalidCommandError(
@@ -179,17 +261,37 @@ class CommandProcessor:
         raw: bytes,
         idempotency_key: str | None,
         correlation_id: str | None,
+        content_type: str | None = "application/json",
+        principal: Principal = ANONYMOUS,
     ) -> Answer:
         started = time.perf_counter()
         try:
-            status, body, headers = await self._answer(
-                route, path, order_id, raw, idempotency_key, correlation_id
-            )
+            if not _is_json(content_type):
+                status, body, headers = UNSUPPORTED_MEDIA
+            else:
+                status, body, headers = await self._answer(
+                    route, path, order_id, raw, idempotency_key, correlation_id
+                )
         except ApiError as exc:
             status, body = _api_error(exc)
             headers = {}
         self.metrics.command(route.name, status, time.perf_counter() - started)
+        if 200 <= status < 300:
+            self._audit(route, principal, status, body, headers)
         return status, body, headers
+
+    @staticmethod
+    def _audit(
+        route: CommandRoute, principal: Principal, status: int, body: bytes, headers: dict[str, str]
+    ) -> None:
+        # Ids and outcome only: the body's other fields may be personal (e-mail, name).
+        doc = orjson.loads(body)
+        what: dict[str, Any] = {"command": route.name, "status": status, "eventId": doc["eventId"]}
+        if route.kind == "order":  # a userId may be chosen by the client (an e-mail address)
+            what["orderId"] = doc.get("orderId")
+        if "Idempotent-Replayed" in headers:
+            what["replayed"] = True
+        audit("command", principal.name, doc["correlationId"], **what)
 
     async def _answer(
         self,
@@ -200,6 +302,11 @@ class CommandProcessor:
         idempotency_key: str | None,
         correlation_id: str | None,
     ) -> Answer:
+        repeated = duplicate_key(raw)
+        if repeated is not None:
+            key = repeated.rsplit(".", 1)[-1]
+            reason = f"duplicate key {key!r} in one JSON object: send each key once"
+            return 422, _error_body([{"field": repeated, "reason": reason}]), {}
         try:
             body = route.model.model_validate_json(raw)
         except ValidationError as exc:
@@ -241,20 +348,42 @@ class CommandApi(FastAPI):
     fast_routes: dict[str, CommandRoute]
     order_routes: dict[str, CommandRoute]
     processor: CommandProcessor
-    max_body: int
+    access: AccessPolicy
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            path = scope["path"]
-            order_id = None
-            route = self.fast_routes.get(path)
-            if route is None and (m := ORDER_ACTION_RE.match(path)) is not None:
-                route = self.order_routes.get(m.group(2))
-                order_id = m.group(1)
-            if route is not None:
-                await self._serve(route, path, order_id, scope, receive, send)
+        if scope["type"] == "http":
+            admitted = self._admit(scope)
+            if isinstance(admitted, Refusal):
+                await _refuse(send, admitted)
                 return
+            scope[PRINCIPAL] = admitted
+            if scope["method"] == "POST":
+                path = scope["path"]
+                order_id = None
+                route = self.fast_routes.get(path)
+                if route is None and (m := ORDER_ACTION_RE.match(path)) is not None:
+                    route = self.order_routes.get(m.group(2))
+                    order_id = m.group(1)
+                if route is not None:
+                    await self._serve(route, path, order_id, scope, receive, send, admitted)
+                    return
         await super().__call__(scope, receive, send)
+
+    def _admit(self, scope: Any) -> Principal | Refusal:
+        """Head size, rate limit, token and role: who the request is served for."""
+        size = len(scope["path"]) + len(scope.get("query_string", b""))
+        authorization = None
+        for name, value in scope["headers"]:
+            size += len(name) + len(value) + 4
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+        refusal = self.access.header_refusal(size)
+        if refusal is not None:
+            return refusal
+        client = scope.get("client")
+        return self.access.authorize(
+            scope["method"], scope["path"], authorization, client[0] if client else None
+        )
 
     async def _serve(
         self,
@@ -264,7 +393,20 @@ class CommandApi(FastAPI):
         scope: Any,
         receive: Any,
         send: Any,
+        principal: Principal,
     ) -> None:
+        idempotency_key = correlation_id = content_type = None
+        limit = self.access.max_body_bytes
+        for name, value in scope["headers"]:
+            if name == b"idempotency-key":
+                idempotency_key = value.decode("latin-1")
+            elif name == b"x-correlation-id":
+                correlation_id = value.decode("latin-1")
+            elif name == b"content-type":
+                content_type = value.decode("latin-1")
+            elif name == b"content-length" and value.isdigit() and int(value) > limit:
+                await _refuse(send, self.access.body_refusal())
+                return
         raw = b""
         more = True
         while more:
@@ -273,24 +415,26 @@ class CommandApi(FastAPI):
                 return
             raw += message.get("body", b"")
             more = message.get("more_body", False)
-            if len(raw) > self.max_body:
-                await _send(send, 413, orjson.dumps({"error": f"body over {self.max_body} bytes"}))
+            if len(raw) > limit:
+                await _refuse(send, self.access.body_refusal())
                 return
-        idempotency_key = correlation_id = None
-        for name, value in scope["headers"]:
-            if name == b"idempotency-key":
-                idempotency_key = value.decode("latin-1")
-            elif name == b"x-correlation-id":
-                correlation_id = value.decode("latin-1")
         try:
             status, body, headers = await self.processor.answer(
-                route, path, order_id, raw, idempotency_key, correlation_id
+                route, path, order_id, raw, idempotency_key, correlation_id, content_type, principal
             )
         except Exception:
             logger.exception("POST %s failed", path)
             await _send(send, 500, orjson.dumps({"error": "internal error, see the API's log"}))
             return
         await _send(send, status, body, headers)
+
+
+PRINCIPAL = "eventide.principal"
+"""ASGI scope key of the :class:`~streams.httpaccess.Principal` a request is served for."""
+
+
+async def _refuse(send: Any, refusal: Refusal) -> None:
+    await _send(send, refusal.status, refusal.body(), dict(refusal.headers))
 
 
 async def _send(send: Any, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
@@ -309,7 +453,14 @@ def create_api(
     store: OutboxStore | None = None,
     registry: CollectorRegistry | None = None,
 ) -> CommandApi:
-    """The ASGI app; opens the store and (per EVENTIDE_API_RELAY) runs a relay."""
+    """The ASGI app; opens the store and (per EVENTIDE_API_RELAY) runs a relay.
+
+    Raises :class:`~streams.exceptions.SettingsError` on an HTTP token
+    misconfiguration (streams/httpaccess.py), before anything is opened.
+    """
+    access = AccessPolicy.from_settings(
+        settings, "command API", settings.api_host, open_paths=DOC_PATHS
+    )
     store = store if store is not None else store_for(settings)
     registry = registry if registry is not None else new_registry()
     metrics = ApiMetrics(registry)
@@ -343,7 +494,7 @@ def create_api(
     app.state.relay = relay
     app.state.registry = registry
     app.processor = processor
-    app.max_body = settings.max_record_bytes
+    app.access = access
     app.fast_routes = {}
     app.order_routes = {}
 
@@ -360,13 +511,21 @@ def create_api(
         return Response(body, status_code=status, media_type="application/json")
 
     async def run(request: Request, route: CommandRoute, order_id: str | None) -> Response:
+        raw = b""
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > access.max_body_bytes:
+                refusal = access.body_refusal()
+                return Response(refusal.body(), refusal.status, media_type="application/json")
         status, body, headers = await processor.answer(
             route,
             request.url.path,
             order_id,
-            await request.body(),
+            raw,
             request.headers.get("Idempotency-Key"),
             request.headers.get("X-Correlation-Id"),
+            request.headers.get("Content-Type"),
+            request.scope.get(PRINCIPAL, ANONYMOUS),
         )
         return Response(body, status_code=status, media_type="application/json", headers=headers)
 
@@ -425,7 +584,11 @@ def create_api(
                 title=app.title, version=app.version, description=app.description,
                 routes=app.routes,
             )  # fmt: skip
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "a write token"}
+            }
+            schema["security"] = [{"bearer": []}]
+            components = schema["components"].setdefault("schemas", {})
             for model in MODELS:
                 doc = model.model_json_schema(ref_template=REF + "{model}")
                 components.update(doc.pop("$defs", {}))
@@ -451,6 +614,8 @@ def run_api(settings: Settings) -> None:
     """``eventide api``: serve the command API until SIGINT/SIGTERM."""
     import uvicorn
 
+    from .httpserver import bounded_protocol
+
     config = uvicorn.Config(
         create_api(settings),
         host=settings.api_host,
@@ -463,4 +628,6 @@ def run_api(settings: Settings) -> None:
         # No proxy in front by default: skip the X-Forwarded-* middleware.
         proxy_headers=False,
     )
+    # uvicorn's httptools protocol buffers request heads of any size: bound them.
+    config.http = bounded_protocol(settings.http_max_header_bytes)
     uvicorn.Server(config).run()

@@ -7,15 +7,34 @@ silently dropped.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+"""Unicode's control characters (category Cc): NUL, escape, line breaks, C1 codes."""
+
+
+def no_control_characters(value: str) -> str:
+    """Refuse control characters: the first one is named with its position."""
+    found = CONTROL_RE.search(value)
+    if found is not None:
+        raise ValueError(
+            f"control character U+{ord(found.group()):04X} at position {found.start()} "
+            "is not allowed"
+        )
+    return value
+
+
+Plain = AfterValidator(no_control_characters)
+"""Free text ends up in read models, e-mails and logs: no control characters."""
 
 EntityId = Annotated[
     str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,99}$", strict=True)
 ]
 """Ids of users, orders, payments: 1-100 letters, digits and ``._:@-``."""
-Text = Annotated[str, StringConstraints(min_length=1, max_length=500, strip_whitespace=True)]
+Text = Annotated[str, StringConstraints(min_length=1, max_length=500, strip_whitespace=True), Plain]
 
 
 class Command(BaseModel):
@@ -29,9 +48,13 @@ class CreateUser(Command):
 
     userId: EntityId | None = None
     """Id of the new user; generated (``u-<uuid>``) when absent."""
-    email: Annotated[str, StringConstraints(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=254)]
+    email: Annotated[
+        str, StringConstraints(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=254), Plain
+    ]
     """E-mail address, ``name@domain.tld``."""
-    name: Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+    name: Annotated[
+        str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True), Plain
+    ]
     """Display name."""
 
 
@@ -73,9 +96,9 @@ class ConfirmPayment(Command):
 class ShipOrder(Command):
     """``POST /orders/{orderId}/shipment`` → ``order.shipped``."""
 
-    trackingNumber: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    trackingNumber: Annotated[str, StringConstraints(min_length=1, max_length=100), Plain]
     """Carrier tracking number."""
-    carrier: Annotated[str, StringConstraints(min_length=1, max_length=50)]
+    carrier: Annotated[str, StringConstraints(min_length=1, max_length=50), Plain]
     """Carrier name."""
 
 

@@ -48,7 +48,18 @@ from streams.topics import ensure_topics
 
 from . import report
 from .latency import latency_at_loads
-from .procs import Progress, free_port, log, ready, start, stop, stop_started, wait_until
+from .procs import (
+    Progress,
+    auth,
+    free_port,
+    http_settings,
+    log,
+    ready,
+    start,
+    stop,
+    stop_started,
+    wait_until,
+)
 from .scaling import scaling
 from .suite_report import latency_report, scaling_report, throughput_report
 from .timing import READY_POLL_S, drain_peer, drain_worker, topics_of
@@ -62,7 +73,9 @@ def verify(settings: Settings, expected: dict[str, dict[str, Any]], n: int) -> d
     checked = bad = 0
     for table, docs in expected.items():
         for key in sorted(docs)[:n]:
-            code, body = fetch_json(f"{settings.web_url}/{table}/{key}")
+            code, body = fetch_json(
+                f"{settings.web_url}/{table}/{key}", token=settings.http_token.reveal()
+            )
             checked += 1
             if code != 200 or body != docs[key]:
                 bad += 1
@@ -71,10 +84,11 @@ def verify(settings: Settings, expected: dict[str, dict[str, Any]], n: int) -> d
     return {"checked": checked, "mismatches": bad}
 
 
-def _sample(url: str, name: str) -> float | None:
+def _sample(settings: Settings, name: str) -> float | None:
     from prometheus_client.parser import text_string_to_metric_families
 
-    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+    request = urllib.request.Request(f"{settings.web_url}/metrics", headers=auth(settings))
+    with urllib.request.urlopen(request, timeout=5) as response:
         text = response.read().decode()
     for family in text_string_to_metric_families(text):
         for s in family.samples:
@@ -113,6 +127,7 @@ class Suite:
                 "EVENTIDE_WEB_PORT": str(free_port()),
                 "EVENTIDE_METRICS_INTERVAL": "1",
                 "EVENTIDE_PROJECTIONS": projections,
+                **http_settings(),
                 **extra,
             }
         )
@@ -160,10 +175,8 @@ class Suite:
             ready_at = wait_until(lambda: ready(full), 1800, "recovery", proc, READY_POLL_S)
             recovery = {
                 "restart_to_ready_s": ready_at - t,
-                "eventide_recovery_seconds": _sample(full.web_url, "eventide_recovery_seconds"),
-                "restored_records": _sample(
-                    full.web_url, "eventide_changelog_restored_records_total"
-                ),
+                "eventide_recovery_seconds": _sample(full, "eventide_recovery_seconds"),
+                "restored_records": _sample(full, "eventide_changelog_restored_records_total"),
                 "verified": verify(full, expected, args.verify),
             }
             stop(proc)

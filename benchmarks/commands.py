@@ -60,6 +60,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from eventide.tools import devbroker
 from schemas.codecs import EventCodec
 from streams.catalogue import ORDER_EVENTS, USER_EVENTS
+from streams.httpaccess import bearer, http_env
 from streams.settings import Settings
 
 from . import report
@@ -132,10 +133,11 @@ def _start(command: str, settings: Settings, log: Path) -> subprocess.Popen[byte
     return proc
 
 
-async def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+async def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, token: str = "") -> None:
     def ready() -> bool:
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+            request = urllib.request.Request(f"{url}/health", headers=bearer(token))
+            with urllib.request.urlopen(request, timeout=2) as r:
                 return bool(r.status == 200)
         except OSError:
             return False
@@ -150,7 +152,9 @@ async def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> Non
     raise SystemExit(f"eventide api not ready:\n{log.read_text()[-3000:]}")
 
 
-async def _drive(url: str, commands: int, concurrency: int, tag: str) -> tuple[list[float], float]:
+async def _drive(
+    url: str, commands: int, concurrency: int, tag: str, token: str = ""
+) -> tuple[list[float], float]:
     """Order lifecycles from ``concurrency`` clients, each on its own keep-alive
     connection (:mod:`benchmarks.httpdrive`); returns (latencies, seconds)."""
     host, port = url.removeprefix("http://").rsplit(":", 1)
@@ -162,7 +166,7 @@ async def _drive(url: str, commands: int, concurrency: int, tag: str) -> tuple[l
 
     async def client() -> None:
         nonlocal next_order, sent
-        conn = await Connection(host, int(port)).open()
+        conn = await Connection(host, int(port), token).open()
         try:
             while sent + 3 <= commands and next_order * 3 < commands:
                 oid = f"{tag}-{next_order}"
@@ -241,6 +245,9 @@ async def run_backend(
             "EVENTIDE_DATABASE_URL": db_url,
             "EVENTIDE_LOG_LEVEL": "warning",
             "EVENTIDE_API_RELAY": "true" if args.relay == "inside" else "false",
+            # the tokens of the environment (EVENTIDE_HTTP_TOKEN is sent); no rate limit
+            **http_env(base),
+            "EVENTIDE_HTTP_RATE_LIMIT": "0",
         }
     )
     await _create_topics(settings)
@@ -250,9 +257,15 @@ async def run_backend(
     url = f"http://127.0.0.1:{settings.api_port}"
     profilers: list[subprocess.Popen[bytes]] = []
     try:
-        await _wait_ready(url, proc, log)
+        await _wait_ready(url, proc, log, settings.http_token.reveal())
         print(f"{backend}: warm-up", file=sys.stderr)
-        await _drive(url, min(600, args.commands), args.concurrency, f"warm-{tag}")
+        await _drive(
+            url,
+            min(600, args.commands),
+            args.concurrency,
+            f"warm-{tag}",
+            settings.http_token.reveal(),
+        )
         print(f"{backend}: {args.commands} commands, {args.concurrency} clients", file=sys.stderr)
         groups = {"api": (proc.pid, True), "driver": (os.getpid(), False)}
         if relay is not None:
@@ -271,7 +284,9 @@ async def run_backend(
                          in targets.items()]  # fmt: skip
         meter = CpuMeter(groups)
         meter.start()
-        latencies, seconds = await _drive(url, args.commands, args.concurrency, f"run-{tag}")
+        latencies, seconds = await _drive(
+            url, args.commands, args.concurrency, f"run-{tag}", settings.http_token.reveal()
+        )
         cores = meter.stop()
         for profiler in profilers:
             profiler.send_signal(signal.SIGINT)

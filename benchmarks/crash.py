@@ -35,7 +35,7 @@ from streams.settings import Settings
 from streams.topics import ensure_topics
 
 from . import report
-from .procs import ROOT, env_of, free_port, log, ready
+from .procs import ROOT, env_of, free_port, http_settings, log, ready
 from .workload import Workload, expected_state, make_workload, publish
 
 
@@ -90,12 +90,14 @@ def wait_drained(settings: Settings, timeout: float = 600) -> None:
     raise TimeoutError(f"not drained after {timeout:.0f}s; lag {lag(settings)}")
 
 
-def audit(base_url: str, expected: dict[str, dict[str, Any]], table: str) -> dict[str, Any]:
+def audit(
+    base_url: str, expected: dict[str, dict[str, Any]], table: str, token: str = ""
+) -> dict[str, Any]:
     """Fetch every key over HTTP; return {key: (status, body)} for those that differ."""
 
     def one(key: str) -> tuple[str, Any]:
         for _ in range(20):
-            code, body = fetch_json(f"{base_url}/{table}/{key}")
+            code, body = fetch_json(f"{base_url}/{table}/{key}", token=token)
             if code != 503:
                 break
             time.sleep(0.5)
@@ -172,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             "EVENTIDE_STATE_DIR": str(workdir / "state"),
             "EVENTIDE_WEB_PORT": str(free_port()),
             "EVENTIDE_SESSION_TIMEOUT_MS": "6000",
+            **http_settings(),
         }
     )
     procs: list[subprocess.Popen[bytes]] = []
@@ -216,8 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         wait_drained(settings)
         elapsed = time.monotonic() - t0
         log(f"drained after {elapsed:.1f}s; auditing every read model over HTTP")
-        diffs_o = audit(settings.web_url, exp_orders, "orders")
-        diffs_c = audit(settings.web_url, exp_customers, "customers")
+        token = settings.http_token.reveal()
+        diffs_o = audit(settings.web_url, exp_orders, "orders", token)
+        diffs_c = audit(settings.web_url, exp_customers, "customers", token)
         result = {
             "scenario": "crash",
             "command": command,

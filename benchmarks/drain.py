@@ -59,6 +59,7 @@ from .procs import (
     ROOT,
     Progress,
     free_port,
+    http_settings,
     log,
     ready,
     start,
@@ -156,7 +157,9 @@ def verify(settings: Settings, expected: dict[str, dict[str, Any]], n: int) -> i
     bad = 0
     for table, docs in expected.items():
         for key in rng.sample(sorted(docs), min(n, len(docs))):
-            code, body = fetch_json(f"{settings.web_url}/{table}/{key}")
+            code, body = fetch_json(
+                f"{settings.web_url}/{table}/{key}", token=settings.http_token.reveal()
+            )
             if code != 200 or body != docs[key]:
                 bad += 1
                 if bad <= 3:
@@ -246,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                 "EVENTIDE_LOG_LEVEL": "info",
                 "EVENTIDE_RETRY_BACKOFF_MS": "200",
                 "EVENTIDE_PROJECTIONS": projections,
+                **http_settings(),
                 # Settings.to_env() sets every variable: pass the choice through
                 "EVENTIDE_KAFKA_CLIENT": args.kafka_client,
             }

@@ -21,13 +21,14 @@ class HttpError(Exception):
 class Connection:
     """One keep-alive connection; requests on it are sequential."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, token: str = "") -> None:
         self.host = host
         self.port = port
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        auth = f"Authorization: Bearer {token}\r\n" if token else ""
         self._head = (
-            f"Host: {host}:{port}\r\nContent-Type: application/json\r\nContent-Length: "
+            f"Host: {host}:{port}\r\n{auth}Content-Type: application/json\r\nContent-Length: "
         ).encode()
 
     async def open(self) -> Connection:

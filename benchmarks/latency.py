@@ -22,15 +22,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from schemas.codecs import EventCodec
 from schemas.envelope import CONTENT_TYPE_JSON
 from streams.catalogue import ORDER_EVENTS, key_of
+from streams.httpaccess import bearer
 from streams.outputs import KeyPartitioner
 from streams.settings import Settings
 
 from .workload import make_workload
 
 
-def scrape(url: str) -> dict[str, Any]:
+def scrape(url: str, token: str = "") -> dict[str, Any]:
     """Latency buckets (summed over topics), events read, total lag from ``/metrics``."""
-    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+    request = urllib.request.Request(f"{url}/metrics", headers=bearer(token))
+    with urllib.request.urlopen(request, timeout=5) as response:
         text = response.read().decode()
     buckets: dict[float, float] = {}
     events = lag = 0.0
@@ -112,7 +114,7 @@ def latency_at_loads(
     cursor = asyncio.run(offer(settings, values, rates[0], seconds))
     time.sleep(2)
     for rate in rates:
-        before = scrape(settings.web_url)
+        before = scrape(settings.web_url, settings.http_token.reveal())
         chunk = values[cursor:]
         sent = asyncio.run(offer(settings, chunk, rate, seconds))
         cursor += sent
@@ -120,12 +122,12 @@ def latency_at_loads(
         deadline = time.monotonic() + 120
         lag_max = 0.0
         while time.monotonic() < deadline:  # let the worker finish what was offered
-            now = scrape(settings.web_url)
+            now = scrape(settings.web_url, settings.http_token.reveal())
             lag_max = max(lag_max, now["lag"])
             if now["events"] - before["events"] >= sent and now["lag"] == 0:
                 break
             time.sleep(0.5)
-        after = scrape(settings.web_url)
+        after = scrape(settings.web_url, settings.http_token.reveal())
         window = {le: c - before["buckets"].get(le, 0.0) for le, c in after["buckets"].items()}
         row = {
             "offered_per_s": round(offered),

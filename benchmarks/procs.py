@@ -19,9 +19,22 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from eventide.tools.demo import fetch_json
+from streams.httpaccess import bearer, http_env
 from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def http_settings() -> dict[str, str]:
+    """EVENTIDE_HTTP_* of the environment for the benchmark's processes: they accept
+    its tokens and the drivers send its EVENTIDE_HTTP_TOKEN. A load generator is one
+    client: the per-client rate limit is off in the processes under test."""
+    return {**http_env(Settings.from_env()), "EVENTIDE_HTTP_RATE_LIMIT": "0"}
+
+
+def auth(settings: Settings) -> dict[str, str]:
+    """The Authorization header of the benchmark's HTTP requests (none without a token)."""
+    return bearer(settings.http_token.reveal())
 
 
 def log(msg: str) -> None:
@@ -133,7 +146,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 def ready(settings: Settings) -> bool:
     try:
-        return fetch_json(f"{settings.web_url}/health", timeout=2)[0] == 200
+        return fetch_json(f"{settings.web_url}/health", 2, settings.http_token.reveal())[0] == 200
     except OSError:
         return False
 

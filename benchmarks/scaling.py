@@ -33,14 +33,15 @@ from typing import Any
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
-from .procs import Progress, cpu_seconds, log, start, stop, wait_until
+from .procs import Progress, auth, cpu_seconds, log, start, stop, wait_until
 from .timing import POLL_S, drained, noise_meter, table_sources, topics_of
 from .workload import Workload, publish
 
 
 def _health(settings: Settings) -> dict[str, Any] | None:
     try:
-        with urllib.request.urlopen(f"{settings.web_url}/health", timeout=5) as response:
+        request = urllib.request.Request(f"{settings.web_url}/health", headers=auth(settings))
+        with urllib.request.urlopen(request, timeout=5) as response:
             body: dict[str, Any] = json.loads(response.read())
             return body
     except OSError:
@@ -48,7 +49,9 @@ def _health(settings: Settings) -> dict[str, Any] | None:
 
 
 def _post(settings: Settings, path: str) -> None:
-    request = urllib.request.Request(f"{settings.web_url}{path}", data=b"", method="POST")
+    request = urllib.request.Request(
+        f"{settings.web_url}{path}", data=b"", method="POST", headers=auth(settings)
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         if response.status != 200:
             raise SystemExit(f"{settings.web_url}{path}: HTTP {response.status}")
@@ -57,7 +60,8 @@ def _post(settings: Settings, path: str) -> None:
 def _rebalances(settings: Settings) -> float:
     from prometheus_client.parser import text_string_to_metric_families
 
-    with urllib.request.urlopen(f"{settings.web_url}/metrics", timeout=5) as response:
+    request = urllib.request.Request(f"{settings.web_url}/metrics", headers=auth(settings))
+    with urllib.request.urlopen(request, timeout=5) as response:
         text = response.read().decode()
     return sum(
         s.value

@@ -17,10 +17,11 @@ from agents import PROJECTIONS
 from schemas.codecs import EventCodec
 from streams.engine import ProjectionEngine
 from streams.exceptions import SettingsError
+from streams.httpaccess import AccessPolicy
 from streams.projection import Projection
 from streams.rebuild import RebuildManager
 from streams.settings import Settings
-from streams.views import register_views
+from streams.views import register_views, web_application_options
 
 
 @dataclass(frozen=True)
@@ -82,13 +83,22 @@ def select_projections(settings: Settings) -> list[type[Projection]]:
 
 
 def create_app(settings: Settings) -> EventideApp:
-    """Build the Faust app with the selected projections, the engine and the views."""
+    """Build the Faust app with the selected projections, the engine and the views.
+
+    Raises :class:`SettingsError` naming the variable for an unknown projection
+    or an HTTP token misconfiguration (streams/httpaccess.py).
+    """
     selected = select_projections(settings)
+    access = AccessPolicy.from_settings(settings, "worker", settings.web_host)
     # The codec loads and checks the schema registry. Its memo decodes once a record
     # that several projections read; with no topic shared it would only cost.
     feeds = [t.name for cls in selected for t in cls.spec.sources]
     codec = EventCodec(limits=settings.limits, memo=len(feeds) != len(set(feeds)))
-    app = faust.App(settings.app_id, **faust_options(settings))
+    options = {
+        **faust_options(settings),
+        "web_application_options": web_application_options(access),
+    }
+    app = faust.App(settings.app_id, **options)
     engine = ProjectionEngine(settings, [cls(settings, codec) for cls in selected], loop=app.loop)
 
     @app.task

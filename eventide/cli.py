@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import sys
 from collections.abc import Callable
 from dataclasses import fields
@@ -20,7 +21,9 @@ from schemas.codecs import EventCodec
 from schemas.compat import check_registry
 from schemas.exceptions import EventideError
 from schemas.registry import DEFAULT_ROOT, REGISTRY_FILE, Registry
+from streams.httpaccess import token_hash
 from streams.settings import Settings
+from streams.tokens import ROLES, parse_token_entries
 from streams.topics import ensure_topics
 
 from .tools import devbroker
@@ -224,9 +227,10 @@ def check_targets(url: str | None, window: float) -> None:
     miss, 2 when the worker cannot be scraped.
     """
 
-    base = url or _settings().web_url
+    s = _settings()
+    base = url or s.web_url
     try:
-        results = check(base, window=window)
+        results = check(base, window=window, token=s.http_token.reveal())
     except OSError as exc:
         click.echo(f"eventide check-targets: cannot scrape {base}/metrics: {exc}", err=True)
         sys.exit(2)
@@ -259,15 +263,37 @@ def rebuild(read_model: str, workers: tuple[str, ...], interval: float) -> None:
     fails, 2 when a worker cannot be reached or refuses the read model.
     """
 
+    s = _settings()
     code = run_rebuild(
         read_model,
         list(workers),
-        _settings().web_url,
+        s.web_url,
         click.echo,
         interval=interval,
         err=lambda line: click.echo(line, err=True),
+        token=s.http_token.reveal(),
     )
     sys.exit(code)
+
+
+@main.command("http-token")
+@click.argument("principal")
+@click.argument("role", type=click.Choice(ROLES))
+def http_token(principal: str, role: str) -> None:
+    """Make a bearer token for PRINCIPAL with ROLE (read, write or admin).
+
+    Prints the token (give it to the client, e.g. as EVENTIDE_HTTP_TOKEN) and
+    the entry for EVENTIDE_HTTP_TOKENS or a line of EVENTIDE_HTTP_TOKENS_FILE,
+    which holds only the token's SHA-256.
+    """
+
+    entry = f"{principal}:{role}:{token_hash(token := secrets.token_urlsafe(32))}"
+    try:
+        parse_token_entries("PRINCIPAL", entry)
+    except EventideError as exc:
+        raise click.BadParameter(str(exc), param_hint="PRINCIPAL") from None
+    click.echo(f"token  {token}")
+    click.echo(f"entry  {entry}")
 
 
 @main.group("schemas")

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from faust.worker import Worker
 
+from streams.httpaccess import load_tokens
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
@@ -22,6 +23,7 @@ def run_worker(settings: Settings, customize: Callable[[EventideApp], None] | No
 
     ``customize`` may adjust the app before it starts (tests wrap projections).
     """
+    load_tokens(settings)  # a bad token file fails now, not after the topics are set up
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     # One loop for the topic set-up and the worker: Faust's Worker runs on the
     # loop that is current when it starts.

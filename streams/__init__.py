@@ -7,10 +7,12 @@ are imported from their modules (``streams.engine``, ``streams.views``).
 
 from .exceptions import BrokerError, RebuildError, SettingsError, TopicConfigError
 from .settings import SecretUrl, Settings
+from .tokens import Secret
 
 __all__ = [
     "BrokerError",
     "RebuildError",
+    "Secret",
     "SecretUrl",
     "Settings",
     "SettingsError",

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from schemas.limits import Limits
 
 from .exceptions import SettingsError
+from .tokens import Secret, parse_token_entries
 
 PREFIX = "EVENTIDE_"
 Parser = Callable[[str, str], Any]
@@ -106,6 +107,16 @@ def _float(low: float, high: float) -> Callable[[str, str], float]:
     return parse
 
 
+def _rate(var: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise SettingsError(f"{var}={value!r}: expected requests per second, 0 for none") from None
+    if not 0 <= number <= 1_000_000:
+        raise SettingsError(f"{var}={number}: expected 0..1000000 requests per second")
+    return number
+
+
 def _path(var: str, value: str) -> Path:
     return Path(_str(var, value))
 
@@ -156,6 +167,15 @@ def _http_url(var: str, value: str) -> SecretUrl:
             "such as https://hooks.example.com/notify"
         )
     return SecretUrl(url)
+
+
+def _token_entries(var: str, value: str) -> Secret:
+    parse_token_entries(var, value)
+    return Secret(value.strip())
+
+
+def _secret(var: str, value: str) -> Secret:
+    return Secret(value.strip())
 
 
 ALL_PROJECTIONS = "all"
@@ -333,6 +353,42 @@ class Settings:
     """EVENTIDE_ADMIN_ENDPOINTS: serve POST /admin/pause and /admin/resume on the
     worker's web port (pause or resume the projections' consumer; tests, drills)."""
 
+    http_auth: str = setting("auto", _choice("auto", "on", "off"))
+    """EVENTIDE_HTTP_AUTH: bearer tokens on the command API and the worker's HTTP
+    endpoints. ``auto``: required once tokens are configured; without any, off with
+    a warning, and refused at start-up on an address other than loopback. ``on``:
+    required (no tokens configured fails at start-up). ``off``: never checked."""
+
+    http_tokens: Secret = setting(parse=_token_entries, factory=lambda: Secret(""))
+    """EVENTIDE_HTTP_TOKENS: accepted tokens, ``principal:role:sha256hex`` separated
+    by commas; role ``read``, ``write`` or ``admin``. Never printed."""
+
+    http_tokens_file: str = setting("", _prefix)
+    """EVENTIDE_HTTP_TOKENS_FILE: a file of the same entries, one per line (``#``
+    comments); read at start-up, added to EVENTIDE_HTTP_TOKENS."""
+
+    http_token: Secret = setting(parse=_secret, factory=lambda: Secret(""))
+    """EVENTIDE_HTTP_TOKEN: the bearer token Eventide's own clients send (demo,
+    rebuild, check-targets, benchmarks). Never printed."""
+
+    http_open_probes: bool = setting(True, _bool)
+    """EVENTIDE_HTTP_OPEN_PROBES: serve ``/health`` and ``/metrics`` without a token
+    (false: they need the read role)."""
+
+    http_max_body_bytes: int = setting(65_536, _int(64, 64 * 1_048_576))
+    """EVENTIDE_HTTP_MAX_BODY_BYTES: larger request bodies are refused with 413."""
+
+    http_max_header_bytes: int = setting(16_384, _int(1024, 1_048_576))
+    """EVENTIDE_HTTP_MAX_HEADER_BYTES: larger request heads (request line and
+    headers) are refused with 431; on the worker, the limit of each header line."""
+
+    http_rate_limit: float = setting(200.0, _rate)
+    """EVENTIDE_HTTP_RATE_LIMIT: requests per second each client (principal, else
+    address) may make on average; 0: no limit. Over it: 429 with Retry-After."""
+
+    http_rate_burst: int = setting(400, _int(1, 1_000_000))
+    """EVENTIDE_HTTP_RATE_BURST: requests a client may make at once above the rate."""
+
     notify_sink: str = setting("file", _choice("file", "webhook"))
     """EVENTIDE_NOTIFY_SINK: where notifications go: ``file`` (JSON lines) or ``webhook``."""
 
@@ -381,7 +437,7 @@ class Settings:
         env = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            text = value.reveal() if isinstance(value, SecretUrl) else str(value)
+            text = value.reveal() if isinstance(value, SecretUrl | Secret) else str(value)
             env[PREFIX + f.name.upper()] = text
         return env
 

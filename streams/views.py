@@ -5,6 +5,11 @@ local store when this worker owns the key's partition; otherwise the request
 is proxied to the owner named in the group's assignment. While partitions are
 being (re)assigned the answer is 503 with a JSON body; retry it.
 
+Every request passes the access policy first (streams/httpaccess.py, an
+aiohttp middleware): bearer token and role (``/admin/*`` needs admin, other
+paths read; ``/health`` and ``/metrics`` open by default), rate limit, body
+and header sizes. Each admin action writes an audit line.
+
 ``POST /admin/rebuild/{table}`` starts a rebuild of a read model on this
 worker and ``GET /admin/rebuild/{table}`` reports its progress
 (streams/rebuild.py). Unlike pause and resume, these are always served: the
@@ -19,6 +24,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import faust
+from aiohttp import web
 from faust.web import Request, Response, View
 
 from .engine import Lookup, ProjectionEngine
@@ -29,11 +35,14 @@ from .exceptions import (
     RebuildUnavailableError,
     UnknownReadModelError,
 )
+from .httpaccess import ANONYMOUS, AccessPolicy, Principal, Refusal, audit, correlation_id
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .projection import Projection, Query
 from .rebuild import RebuildManager
 
 FORWARDED = "X-Eventide-Forwarded"
+PRINCIPAL = "eventide.principal"
+"""Key of the request's :class:`~streams.httpaccess.Principal` on an aiohttp request."""
 
 _STATUS: tuple[tuple[type[Exception], int], ...] = (
     (UnknownReadModelError, 404),
@@ -52,6 +61,72 @@ def http_status(exc: Exception) -> int:
 
 
 QueryHandler = Callable[[View, Request, str, str, str], Awaitable[Response]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _refusal(refusal: Refusal) -> web.Response:
+    return web.Response(
+        body=refusal.body(),
+        status=refusal.status,
+        content_type="application/json",
+        headers=dict(refusal.headers),
+    )
+
+
+def access_middleware(access: AccessPolicy) -> Any:
+    """The aiohttp middleware that applies ``access`` to every request of the worker."""
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        size = len(request.raw_path) + sum(len(k) + len(v) + 4 for k, v in request.raw_headers)
+        refusal = access.header_refusal(size)
+        if refusal is None:
+            admitted = access.authorize(
+                request.method, request.path, request.headers.get("Authorization"), request.remote
+            )
+            if isinstance(admitted, Refusal):
+                refusal = admitted
+            elif (request.content_length or 0) > access.max_body_bytes:
+                refusal = access.body_refusal()
+            elif request.body_exists:
+                try:
+                    await request.read()  # bounded by client_max_size; kept for the handler
+                except web.HTTPRequestEntityTooLarge:
+                    refusal = access.body_refusal()
+        if refusal is not None:
+            return _refusal(refusal)
+        request[PRINCIPAL] = admitted
+        return await handler(request)
+
+    return guard
+
+
+def web_application_options(access: AccessPolicy) -> dict[str, Any]:
+    """The options of the worker's aiohttp application (Faust's
+    ``web_application_options``): the access middleware, the body size limit and
+    the size limit of each request line and header line."""
+    return {
+        "middlewares": [access_middleware(access)],
+        "client_max_size": access.max_body_bytes,
+        "handler_args": {
+            "max_line_size": access.max_header_bytes,
+            "max_field_size": access.max_header_bytes,
+        },
+    }
+
+
+def _principal(request: Request) -> Principal:
+    found = request.get(PRINCIPAL)  # type: ignore[attr-defined]
+    return found if isinstance(found, Principal) else ANONYMOUS
+
+
+def _audited(
+    view: View, request: Request, action: str, status: int, body: Any, **what: Any
+) -> Response:
+    """Answer an admin action with ``body`` and write its audit line."""
+    cid = correlation_id(request.headers.get("X-Correlation-Id"))
+    audit("admin", _principal(request).name, cid, action=action, status=status, **what)
+    return view.json(body, status=status, headers={"X-Correlation-Id": cid})
 
 
 def register_views(
@@ -132,7 +207,8 @@ def _register_admin(app: faust.App, engine: ProjectionEngine) -> None:
                 consumer.pause(*partitions)
             else:
                 consumer.resume(*partitions)
-            return self.json({"action": action, "partitions": [str(tp) for tp in partitions]})
+            body = {"action": action, "partitions": [str(tp) for tp in partitions]}
+            return _audited(self, request, action, 200, body, partitions=len(partitions))
 
 
 def _register_query(app: faust.App, query: QueryHandler, table: str, spec: Query) -> None:
@@ -150,10 +226,11 @@ def _register_rebuild(app: faust.App, rebuilds: RebuildManager) -> None:
                 rebuilds.start(table)
             except RebuildRunningError as exc:
                 body = {**rebuilds.status(table), "error": str(exc)}
-                return self.json(body, status=http_status(exc))
+                return _audited(self, request, "rebuild", http_status(exc), body, table=table)
             except RebuildError as exc:
-                return self.json({"error": str(exc), "table": table}, status=http_status(exc))
-            return self.json(rebuilds.status(table), status=202)
+                body = {"error": str(exc), "table": table}
+                return _audited(self, request, "rebuild", http_status(exc), body, table=table)
+            return _audited(self, request, "rebuild", 202, rebuilds.status(table), table=table)
 
         async def get(self, request: Request, table: str) -> Response:
             try:
@@ -164,7 +241,11 @@ def _register_rebuild(app: faust.App, rebuilds: RebuildManager) -> None:
 
 async def _proxy(app: faust.App, view: View, request: Request, owner: Any) -> Response:
     url = f"{owner}{request.url.path}"
-    async with app.http_client.get(url, headers={FORWARDED: "1"}) as response:
+    headers = {FORWARDED: "1"}
+    for name in ("Authorization", "X-Correlation-Id"):  # the owner checks the token again
+        if name in request.headers:
+            headers[name] = request.headers[name]
+    async with app.http_client.get(url, headers=headers) as response:
         return view.bytes(
             await response.read(),
             content_type=response.content_type,

@@ -14,6 +14,7 @@ from typing import Any
 
 from schemas.envelope import Envelope, new_event
 from streams.catalogue import ORDER_EVENTS
+from streams.httpaccess import bearer
 from streams.produce import EventPublisher
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -97,10 +98,13 @@ def plan_orders(count: int, customers: int, seed: int) -> DemoPlan:
     return DemoPlan(events=events, expected_status=expected)
 
 
-def fetch_json(url: str, timeout: float = 5.0) -> tuple[int, Any]:
-    """GET a JSON document; returns (status, body) and never raises on HTTP errors."""
+def fetch_json(url: str, timeout: float = 5.0, token: str = "") -> tuple[int, Any]:
+    """GET a JSON document (with ``token`` as bearer token, when given); returns
+    (status, body) and never raises on HTTP errors."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, headers=bearer(token)), timeout=timeout
+        ) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         body = exc.read()
@@ -111,7 +115,7 @@ def fetch_json(url: str, timeout: float = 5.0) -> tuple[int, Any]:
 
 
 def wait_for_views(
-    base_url: str, expected: dict[str, str], timeout: float
+    base_url: str, expected: dict[str, str], timeout: float, token: str = ""
 ) -> dict[str, dict[str, Any]]:
     """Poll ``GET /orders/{id}`` until each order shows its expected status."""
     deadline = time.monotonic() + timeout
@@ -120,9 +124,14 @@ def wait_for_views(
     while pending and time.monotonic() < deadline:
         for order_id, status in list(pending.items()):
             try:
-                code, body = fetch_json(f"{base_url}/orders/{order_id}")
+                code, body = fetch_json(f"{base_url}/orders/{order_id}", token=token)
             except OSError:
                 break  # the worker is not listening yet
+            if code in (401, 403):
+                raise PermissionError(
+                    f"{base_url} answered {code}: {body}; set EVENTIDE_HTTP_TOKEN to a token "
+                    "with the read role"
+                )
             if code == 200 and body.get("status") == status:
                 found[order_id] = body
                 del pending[order_id]
@@ -166,7 +175,12 @@ def run_demo(
         by_status.setdefault(status, []).append(order_id)
     chosen = [rng.choice(ids) for ids in by_status.values()][:show]
     chosen += rng.sample(sorted(plan.expected_status), min(show, orders))[: show - len(chosen)]
-    views = wait_for_views(settings.web_url, {o: plan.expected_status[o] for o in chosen}, timeout)
+    views = wait_for_views(
+        settings.web_url,
+        {o: plan.expected_status[o] for o in chosen},
+        timeout,
+        token=settings.http_token.reveal(),
+    )
     first = chosen[0]
     echo(f"\nGET {settings.web_url}/orders/{first}")
     echo(json.dumps(views[first], indent=2))

@@ -19,16 +19,26 @@ import json
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from streams.exceptions import RebuildError
+from streams.httpaccess import bearer
 
 
-def request_json(method: str, url: str, timeout: float = 10.0) -> tuple[int, Any]:
-    """Send a request; return (status, JSON body); OSError when unreachable."""
-    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+def request_json(
+    method: str, url: str, timeout: float = 10.0, token: str = "", correlation: str = ""
+) -> tuple[int, Any]:
+    """Send a request (``token``: bearer token, ``correlation``: X-Correlation-Id);
+    return (status, JSON body); OSError when unreachable."""
+    headers = bearer(token)
+    if correlation:
+        headers["X-Correlation-Id"] = correlation
+    req = urllib.request.Request(
+        url, method=method, data=b"" if method == "POST" else None, headers=headers
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read() or b"null")
@@ -40,21 +50,40 @@ def request_json(method: str, url: str, timeout: float = 10.0) -> tuple[int, Any
             return exc.code, {"error": body.decode(errors="replace")[:200] or exc.reason}
 
 
-def _call(method: str, worker: str, table: str) -> tuple[int, dict[str, Any]]:
+@dataclass(frozen=True)
+class _Client:
+    token: str
+    """Bearer token (EVENTIDE_HTTP_TOKEN): the admin role is needed."""
+    correlation: str
+    """X-Correlation-Id of every request of this run: one id in the workers' audit lines."""
+
+
+def _call(client: _Client, method: str, worker: str, table: str) -> tuple[int, dict[str, Any]]:
     url = f"{worker.rstrip('/')}/admin/rebuild/{table}"
     try:
-        code, body = request_json(method, url)
+        code, body = request_json(method, url, token=client.token, correlation=client.correlation)
     except OSError as exc:
         reason = getattr(exc, "reason", exc)
         raise RebuildError(
             f"cannot reach the worker at {worker}: {reason}; is `eventide worker` running "
             "there? (pass --worker URL, or set EVENTIDE_WEB_HOST and EVENTIDE_WEB_PORT)"
         ) from exc
+    if code in (401, 403):
+        raise RebuildError(
+            f"{worker} refused the request ({code}: {_error(body)}); set EVENTIDE_HTTP_TOKEN "
+            "to a token with the admin role"
+        )
+    if code == 429:
+        raise RebuildError(f"{worker} is rate-limiting this client (429); retry shortly")
     if code == 404 and not (isinstance(body, dict) and "table" in body):
         raise RebuildError(f"{worker} does not serve {url}: is it an Eventide worker?")
     if not isinstance(body, dict):
         body = {"error": str(body)}
     return code, body
+
+
+def _error(body: Any) -> Any:
+    return body.get("error", body) if isinstance(body, dict) else body
 
 
 def _refused(worker: str, body: dict[str, Any]) -> RebuildError:
@@ -75,26 +104,29 @@ def run_rebuild(
     echo: Callable[[str], None],
     interval: float = 1.0,
     err: Callable[[str], None] | None = None,
+    token: str = "",
 ) -> int:
     """Rebuild ``table`` on ``workers`` (all of the group's when empty); the exit status.
 
     Progress lines go to ``echo``, the reasons of aborts and failures to ``err``.
+    ``token`` is sent as bearer token (the workers need the admin role).
     """
     err = err or echo
+    client = _Client(token, f"rebuild-{uuid.uuid4()}")
     if workers:
         targets = list(dict.fromkeys(w.rstrip("/") for w in workers))
     else:
-        code, body = _call("GET", default_worker, table)
+        code, body = _call(client, "GET", default_worker, table)
         if code != 200:
             raise _refused(default_worker, body)
         targets = [w.rstrip("/") for w in body.get("workers") or [default_worker]]
     for worker in targets:  # every one answers and accepts the read model
-        code, body = _call("GET", worker, table)
+        code, body = _call(client, "GET", worker, table)
         if code != 200:
             raise _refused(worker, body)
     follows = []
     for worker in targets:
-        code, body = _call("POST", worker, table)
+        code, body = _call(client, "POST", worker, table)
         if code == 409:
             echo(f"{worker}: a rebuild of {table} is already running; following it")
         elif code != 202:
@@ -104,7 +136,7 @@ def run_rebuild(
     reported: set[str] = set()
     while True:
         for f in follows:
-            code, body = _call("GET", f.worker, table)
+            code, body = _call(client, "GET", f.worker, table)
             if code != 200:
                 raise _refused(f.worker, body)
             if body.get("id") != f.id:

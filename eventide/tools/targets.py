@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from streams.httpaccess import bearer
+
 BACKLOG = 1000
 """Lag (records) at or above which the worker counts as backlogged."""
 
@@ -100,9 +102,10 @@ def parse(text: str, at: float) -> Scrape:
     return Scrape(at, events, lag, buckets, recovery)
 
 
-def scrape(url: str, timeout: float = 5.0) -> Scrape:
-    """Fetch and parse ``<url>/metrics``."""
-    with urllib.request.urlopen(f"{url.rstrip('/')}/metrics", timeout=timeout) as response:
+def scrape(url: str, timeout: float = 5.0, token: str = "") -> Scrape:
+    """Fetch and parse ``<url>/metrics`` (``token``: bearer token, when /metrics is closed)."""
+    request = urllib.request.Request(f"{url.rstrip('/')}/metrics", headers=bearer(token))
+    with urllib.request.urlopen(request, timeout=timeout) as response:
         text = response.read().decode()
     return parse(text, time.monotonic())
 
@@ -186,8 +189,9 @@ def check(
     window: float = 5.0,
     targets: Sequence[Target] = TARGETS,
     sleep: Callable[[float], None] = time.sleep,
+    token: str = "",
 ) -> list[Result]:
     """Scrape ``url`` twice, ``window`` seconds apart, and compare with ``targets``."""
-    first = scrape(url)
+    first = scrape(url, token=token)
     sleep(window)
-    return evaluate(first, scrape(url), targets)
+    return evaluate(first, scrape(url, token=token), targets)
