@@ -17,6 +17,7 @@ from agents import PROJECTIONS
 from schemas.codecs import EventCodec
 from streams.engine import ProjectionEngine
 from streams.exceptions import SettingsError
+from streams.keys import KafkaKeyStore, KeyRingService
 from streams.projection import Projection
 from streams.rebuild import RebuildManager
 from streams.settings import Settings
@@ -89,11 +90,18 @@ def create_app(settings: Settings) -> EventideApp:
     feeds = [t.name for cls in selected for t in cls.spec.sources]
     codec = EventCodec(limits=settings.limits, memo=len(feeds) != len(set(feeds)))
     app = faust.App(settings.app_id, **faust_options(settings))
-    engine = ProjectionEngine(settings, [cls(settings, codec) for cls in selected], loop=app.loop)
+    projections = [cls(settings, codec) for cls in selected]
+    # Customers' data keys, read from the keys topic; projections decrypt with
+    # them when serving a read model or sending a notification, never in apply.
+    keys = KafkaKeyStore(settings)
+    for p in projections:
+        p.keys = keys.ring
+    engine = ProjectionEngine(settings, projections, loop=app.loop)
 
     @app.task
     async def start_projections() -> None:
         # Started and stopped with the app, after its web server is up.
+        await app.add_runtime_dependency(KeyRingService(keys, loop=app.loop))
         await app.add_runtime_dependency(engine)
 
     @app.timer(settings.metrics_interval)

@@ -47,6 +47,28 @@ class SecretUrl:
         return f"SecretUrl({str(self)!r})"
 
 
+@dataclass(frozen=True)
+class SecretText:
+    """A secret (a key, a password): printed as ``***`` when set."""
+
+    value: str
+    """The secret as configured; read it with :meth:`reveal`."""
+
+    def reveal(self) -> str:
+        """The secret itself, for the code that uses it only."""
+        return self.value
+
+    def __str__(self) -> str:
+        return "***" if self.value else ""
+
+    def __repr__(self) -> str:
+        return f"SecretText({str(self)!r})"
+
+
+def _secret(var: str, value: str) -> SecretText:
+    return SecretText(value.strip())
+
+
 def parse_broker_url(url: str) -> list[str]:
     """Parse ``kafka://h1:p1;h2:p2`` (or a bare ``h:p,h:p``) into ``['h1:p1', ...]``."""
     raw = url.strip()
@@ -358,6 +380,20 @@ class Settings:
     """EVENTIDE_NOTIFY_BREAKER_COOLDOWN: seconds an open breaker refuses every send
     before it lets one probe through."""
 
+    pii_encryption: bool = setting(True, _bool)
+    """EVENTIDE_PII_ENCRYPTION: the command API and the demo encrypt the personal
+    fields of the events they write (schemas/personal.py); false: plaintext, as
+    older producers write them (workers read both either way)."""
+
+    pii_kek: SecretText = setting(parse=_secret, factory=lambda: SecretText(""))
+    """EVENTIDE_PII_KEK: the key-encryption keys, ``<kekId>:<base64 of 32 bytes>``,
+    comma-separated, the current one first (older ones only unwrap). Never
+    printed. Empty: read from :attr:`pii_kek_path`."""
+
+    pii_kek_file: str = setting("", _prefix)
+    """EVENTIDE_PII_KEK_FILE: file holding the KEKs, one entry per line, the current
+    one first; empty: ``<state_dir>/pii-kek``, generated on first use (development)."""
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``EVENTIDE_*`` variables, defaults for the rest."""
@@ -377,7 +413,7 @@ class Settings:
         env = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            text = value.reveal() if isinstance(value, SecretUrl) else str(value)
+            text = value.reveal() if isinstance(value, SecretUrl | SecretText) else str(value)
             env[PREFIX + f.name.upper()] = text
         return env
 
@@ -432,6 +468,11 @@ class Settings:
         return (
             Path(self.notify_file) if self.notify_file else self.state_dir / "notifications.jsonl"
         )
+
+    @property
+    def pii_kek_path(self) -> Path:
+        """The KEK file: :attr:`pii_kek_file`, else ``<state_dir>/pii-kek``."""
+        return Path(self.pii_kek_file) if self.pii_kek_file else self.state_dir / "pii-kek"
 
     @property
     def web_url(self) -> str:

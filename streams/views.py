@@ -21,6 +21,8 @@ from typing import Any
 import faust
 from faust.web import Request, Response, View
 
+from schemas.exceptions import DataKeyNotFoundError, PersonalDataError
+
 from .engine import Lookup, ProjectionEngine
 from .exceptions import (
     NotRebuildableError,
@@ -40,6 +42,8 @@ _STATUS: tuple[tuple[type[Exception], int], ...] = (
     (NotRebuildableError, 400),
     (RebuildRunningError, 409),
     (RebuildUnavailableError, 503),
+    (DataKeyNotFoundError, 503),
+    (PersonalDataError, 500),
 )
 
 
@@ -72,7 +76,12 @@ def register_views(
     """
 
     async def query(view: View, request: Request, table: str, id_field: str, key: str) -> Response:
-        where, found = engine.lookup(table, key)
+        try:
+            where, found = engine.lookup(table, key)
+        except PersonalDataError as exc:
+            # The customer's data key is not read yet (503, retry), or a value
+            # does not decrypt (500: refused rather than shown).
+            return view.json({"error": str(exc), id_field: key}, status=http_status(exc))
         if where is Lookup.LOCAL:
             if found is None:
                 return view.json({"error": f"{id_field[:-2]} not found", id_field: key}, status=404)
