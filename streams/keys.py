@@ -225,14 +225,12 @@ class KafkaKeyStore(KeyStore):
         )
         await consumer.start()
         try:
-            partitions = self.topic in await consumer.topics() and consumer.partitions_for_topic(
-                self.topic
-            )
-            if not partitions:
+            if self.topic not in await consumer.topics():
                 raise KeyStoreUnavailableError(
                     f"topic {self.topic!r} does not exist: run `eventide topics`"
                 )
-            tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+            # Created by ensure_topics with EVENTIDE_PARTITIONS partitions, like every topic.
+            tps = [TopicPartition(self.topic, p) for p in range(self.settings.partitions)]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
             self._partitioner = KeyPartitioner(len(tps))
