@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from schemas.exceptions import KekError
+from schemas.exceptions import DataKeyNotFoundError, DecryptionError, KekError
 from schemas.personal import new_kek_line
 from streams.keys import load_keks
 from streams.settings import Settings
+from streams.views import http_status
 
 
 def test_a_development_kek_is_generated_once_and_shared(tmp_path):
@@ -33,3 +34,8 @@ def test_a_missing_kek_file_names_the_setting(tmp_path):
     env = {"EVENTIDE_PII_KEK_FILE": str(tmp_path / "nope")}
     with pytest.raises(KekError, match=r"EVENTIDE_PII_KEK_FILE .*nope.*no such file"):
         load_keks(Settings.from_env(env))
+
+
+def test_the_worker_answers_503_while_a_key_is_not_read_and_500_when_refused():
+    assert http_status(DataKeyNotFoundError("no data key 1 for customer 'c-1'")) == 503
+    assert http_status(DecryptionError("email of customer 'c-1': refused")) == 500
