@@ -88,9 +88,7 @@ class CustomersProjection(Projection):
         Raises :class:`~schemas.exceptions.DataKeyNotFoundError` (retriable) while
         the key is not read yet."""
         doc = customer_view(stored)
-        forgotten = False
         if self.keys is not None:
-            shown, forgotten = self.keys.reveal(doc["customerId"], doc, self.personal)
+            shown, doc["forgotten"] = self.keys.reveal(doc["customerId"], doc, self.personal)
             doc.update(shown)
-        doc["forgotten"] = forgotten
         return doc

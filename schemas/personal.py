@@ -336,17 +336,18 @@ class KeyRing:
     def reveal(
         self, customer_id: str, values: Mapping[str, Any], names: Iterable[str]
     ) -> tuple[dict[str, Any], bool]:
-        """The ``names`` fields of ``values`` in clear, and whether the customer is
-        forgotten (then every personal field is None, plaintext ones too).
+        """Those of the ``names`` fields that ``values`` has, in clear, and whether the
+        customer is forgotten (then each of them is None, plaintext ones too).
 
         Raises :class:`DataKeyNotFoundError` when a value's key is not (yet)
         known and the customer is not forgotten, :class:`DecryptionError` when
         a value does not authenticate."""
+        present = [n for n in names if n in values]
         if self.is_forgotten(customer_id):
-            return {n: None for n in names}, True
+            return dict.fromkeys(present), True
         shown: dict[str, Any] = {}
-        for n in names:
-            value = values.get(n)
+        for n in present:
+            value = values[n]
             if isinstance(value, str) and is_encrypted(value):
                 key_id = parse_token(value)[0]
                 value = self.data_key(customer_id, key_id).decrypt(n, value)

@@ -70,10 +70,10 @@ def test_canary_email_is_never_stored_in_clear_and_is_forgotten(
     api = processes("api", settings).start()
     tag = uuid.uuid4().hex[:12]
     customer, canary, name = f"pii-{tag}", f"canary-{tag}@example.com", f"Canary {tag}"
+    address = f"{tag} Canary Wharf, London"
 
-    r = httpx.post(
-        f"{api.url}/users", json={"userId": customer, "email": canary, "name": name}, timeout=30
-    )
+    user = {"userId": customer, "email": canary, "name": name, "address": address}
+    r = httpx.post(f"{api.url}/users", json=user, timeout=30)
     assert r.status_code == 201, r.text
     order = {"customerId": customer, "items": [{"sku": "sku-mug", "quantity": 1, "unitPrice": 8}]}
     assert httpx.post(f"{api.url}/orders", json=order, timeout=30).status_code == 201
@@ -86,7 +86,7 @@ def test_canary_email_is_never_stored_in_clear_and_is_forgotten(
     roots = [devbroker.paths_for(kafka).data, settings.data_dir, tmp_path / "outbox.sqlite3"]
     roots = [p for p in roots if p.exists()]
     assert any(settings.data_dir.rglob("*"))
-    for needle in (canary.encode(), name.encode()):
+    for needle in (canary.encode(), name.encode(), address.encode()):
         assert files_with(roots, needle) == []
     # The scan does see the data: the ciphertext is in the read model and the topics.
     assert files_with([settings.data_dir], b"pii:v1:")

@@ -165,7 +165,12 @@ async def test_personal_fields_are_written_encrypted(settings):
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=transport, base_url="http://api") as client,
     ):
-        body = {"userId": "u-pii", "email": "canary-7f3e@example.com", "name": "Ann Canary"}
+        body = {
+            "userId": "u-pii",
+            "email": "canary-7f3e@example.com",
+            "name": "Ann Canary",
+            "address": "1 Canary Wharf, London",
+        }
         assert (await client.post("/users", json=body)).status_code == 201
         store = SqliteStore(settings.state_dir / "outbox.sqlite3")
         await store.open()
@@ -174,11 +179,13 @@ async def test_personal_fields_are_written_encrypted(settings):
                 (row,) = claim.rows
         finally:
             await store.close()
-        data = orjson.loads(row.value)["data"]
-        shown = keys.ring.reveal("u-pii", data, ("email", "name"))
-        assert shown == ({"email": body["email"], "name": body["name"]}, False)
+        event = orjson.loads(row.value)
+        assert event["version"] == "1.1.0"  # user.created 1.1 has the address
+        shown = keys.ring.reveal("u-pii", event["data"], ("email", "name", "address"))
+        assert shown == ({k: body[k] for k in ("email", "name", "address")}, False)
         await keys.forget("u-pii")
         again = await client.post("/users", json={**body, "userId": "u-pii"})
         assert again.status_code == 409
     for f in settings.state_dir.glob("outbox.sqlite3*"):
-        assert b"canary-7f3e" not in f.read_bytes() and b"Ann Canary" not in f.read_bytes()
+        for secret in (b"canary-7f3e", b"Ann Canary", b"Canary Wharf"):
+            assert secret not in f.read_bytes()

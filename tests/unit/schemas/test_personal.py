@@ -20,7 +20,7 @@ from tests.fixtures.keys import kek, memory_keys
 
 def test_user_created_marks_email_and_name_personal():
     fields = personal_fields((e.name, e.payload) for e in Registry.load())
-    assert fields["user.created"] == ("email", "name")
+    assert fields["user.created"] == ("email", "name", "address")
     assert "order.placed" not in fields
 
 
