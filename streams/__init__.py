@@ -6,11 +6,12 @@ are imported from their modules (``streams.engine``, ``streams.views``).
 """
 
 from .exceptions import BrokerError, RebuildError, SettingsError, TopicConfigError
-from .settings import SecretUrl, Settings
+from .settings import SecretText, SecretUrl, Settings
 
 __all__ = [
     "BrokerError",
     "RebuildError",
+    "SecretText",
     "SecretUrl",
     "Settings",
     "SettingsError",
