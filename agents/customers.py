@@ -12,6 +12,7 @@ import orjson
 
 from schemas.codecs import EventCodec
 from schemas.exceptions import DecodeError, ValidationError
+from schemas.personal import personal_fields
 from streams.catalogue import CUSTOMER_FACTS, USER_EVENTS
 from streams.projection import BatchContext, Projection, Query, projection
 from streams.settings import Settings
@@ -38,6 +39,9 @@ class CustomersProjection(Projection):
     def __init__(self, settings: Settings, codec: EventCodec) -> None:
         super().__init__(settings, codec)
         self.users_topic, self.facts_topic = self.sources
+        registry = ((e.name, e.payload) for e in codec.registry)
+        self.personal = personal_fields(registry).get("user.created", ())
+        """The profile fields stored as written (ciphertext) and decrypted when served."""
 
     def apply(self, ctx: BatchContext, record: Any) -> None:
         if record.topic == self.facts_topic:
@@ -79,4 +83,12 @@ class CustomersProjection(Projection):
         return doc
 
     def view(self, stored: Any) -> Any:
-        return customer_view(stored)
+        """The served profile: personal fields decrypted with the customer's data key;
+        ``forgotten: true`` and null personal fields once ``eventide forget`` ran.
+        Raises :class:`~schemas.exceptions.DataKeyNotFoundError` (retriable) while
+        the key is not read yet."""
+        doc = customer_view(stored)
+        if self.keys is not None:
+            shown, doc["forgotten"] = self.keys.reveal(doc["customerId"], doc, self.personal)
+            doc.update(shown)
+        return doc

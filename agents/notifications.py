@@ -34,10 +34,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from schemas.codecs import EventCodec
+from schemas.exceptions import PersonalDataError
+from schemas.personal import personal_fields
 from streams.catalogue import ORDER_EVENTS, USER_EVENTS
 from streams.projection import BatchContext, Projection, projection
 from streams.settings import Settings
@@ -112,6 +114,8 @@ class NotificationsProjection(Projection):
             name=f"notification sink {sink.name}",
         )
         self.clock = clock
+        self.personal = personal_fields((e.name, e.payload) for e in codec.registry)
+        """Event name → personal fields, decrypted just before a notification is sent."""
         self.retention_ms = int(settings.notify_retention * 1000)
         self.sent = 0
         """Notifications the sink accepted (this process)."""
@@ -189,6 +193,10 @@ class NotificationsProjection(Projection):
         return failures
 
     async def _send_one(self, notification: Notification) -> BaseException | None:
+        try:
+            notification = self._reveal(notification)
+        except PersonalDataError as exc:  # not the sink's fault: no breaker count
+            return exc
         if not self.breaker.allow():
             return CircuitOpenError(
                 f"notification sink {self.sink.name} is failing: circuit open, "
@@ -201,6 +209,18 @@ class NotificationsProjection(Projection):
             return exc
         self.breaker.success()
         return None
+
+    def _reveal(self, notification: Notification) -> Notification:
+        """The notification with its personal fields in clear (null once the customer
+        is forgotten); a key not read yet raises, so the send is retried."""
+        names = self.personal.get(notification.event_name)
+        if not names or self.keys is None or notification.recipient is None:
+            return notification
+        shown, forgotten = self.keys.reveal(notification.recipient, notification.data, names)
+        data = {**notification.data, **shown}
+        if forgotten:
+            data["forgotten"] = True
+        return replace(notification, data=data)
 
     async def close(self) -> None:
         """Close the sink (its files, its connections)."""

@@ -129,11 +129,16 @@ def rebuild_order(events: Iterable[Envelope]) -> Order | None:
 
 
 def _follow(
-    history: list[Envelope], name: str, data: dict[str, Any], meta: CommandMeta
+    history: list[Envelope],
+    name: str,
+    data: dict[str, Any],
+    meta: CommandMeta,
+    version: str = "1.0.0",
 ) -> Envelope:
     return new_event(
         name,
         data,
+        version=version,
         source=SOURCE,
         correlation_id=meta.correlation_id,
         causation_id=history[-1].id if history else None,
@@ -206,4 +211,8 @@ def create_user(history: list[Envelope], data: dict[str, Any], meta: CommandMeta
     if history:
         raise ConflictError(f"user {user_id!r} already exists: use a new userId")
     payload = {"userId": user_id, "email": data["email"], "name": data["name"]}
-    return Decision([_follow(history, "user.created", payload, meta)], {"userId": user_id})
+    if data.get("address") is None:
+        return Decision([_follow(history, "user.created", payload, meta)], {"userId": user_id})
+    payload["address"] = data["address"]  # user.created 1.1
+    event = _follow(history, "user.created", payload, meta, version="1.1.0")
+    return Decision([event], {"userId": user_id})

@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ValidationError
 
 from streams.httpaccess import ANONYMOUS, AccessPolicy, Principal, Refusal, audit
+from streams.keys import KafkaKeyStore, KeyStore
 from streams.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from streams.metrics import exposition
 from streams.settings import Settings
@@ -452,27 +453,34 @@ def create_api(
     settings: Settings,
     store: OutboxStore | None = None,
     registry: CollectorRegistry | None = None,
+    keys: KeyStore | None = None,
 ) -> CommandApi:
     """The ASGI app; opens the store and (per EVENTIDE_API_RELAY) runs a relay.
 
     Raises :class:`~streams.exceptions.SettingsError` on an HTTP token
     misconfiguration (streams/httpaccess.py), before anything is opened.
+    ``keys``: customers' data keys (default, with EVENTIDE_PII_ENCRYPTION: the
+    keys topic); personal fields are encrypted with them before they are stored.
     """
     access = AccessPolicy.from_settings(
         settings, "command API", settings.api_host, open_paths=DOC_PATHS
     )
     store = store if store is not None else store_for(settings)
+    if keys is None and settings.pii_encryption:
+        keys = KafkaKeyStore(settings)
     registry = registry if registry is not None else new_registry()
     metrics = ApiMetrics(registry)
     relay = (
         OutboxRelay(settings, store, metrics=RelayMetrics(registry)) if settings.api_relay else None
     )
-    service = CommandService(settings, store, relay.wake if relay else None)
+    service = CommandService(settings, store, relay.wake if relay else None, keys)
     processor = CommandProcessor(service, metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await store.open()
+        if keys is not None:
+            await keys.start()
         stop = asyncio.Event()
         task = asyncio.create_task(relay.run(stop)) if relay else None
         logger.info("command API on %r, relay %s", store, "inside" if relay else "separate")
@@ -482,6 +490,8 @@ def create_api(
             stop.set()
             if task is not None:
                 await task
+            if keys is not None:
+                await keys.stop()
             await store.close()
 
     app = CommandApi(

@@ -56,6 +56,11 @@ class CreateUser(Command):
         str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True), Plain
     ]
     """Display name."""
+    address: (
+        Annotated[str, StringConstraints(min_length=1, max_length=500, strip_whitespace=True)]
+        | None
+    ) = None
+    """Postal address, one string (``user.created`` 1.1); optional."""
 
 
 class OrderLine(Command):

@@ -18,6 +18,7 @@ from schemas.codecs import EventCodec
 from streams.engine import ProjectionEngine
 from streams.exceptions import SettingsError
 from streams.httpaccess import AccessPolicy
+from streams.keys import KafkaKeyStore, KeyRingService
 from streams.projection import Projection
 from streams.rebuild import RebuildManager
 from streams.settings import Settings
@@ -99,11 +100,18 @@ def create_app(settings: Settings) -> EventideApp:
         "web_application_options": web_application_options(access),
     }
     app = faust.App(settings.app_id, **options)
-    engine = ProjectionEngine(settings, [cls(settings, codec) for cls in selected], loop=app.loop)
+    projections = [cls(settings, codec) for cls in selected]
+    # Customers' data keys, read from the keys topic; projections decrypt with
+    # them when serving a read model or sending a notification, never in apply.
+    keys = KafkaKeyStore(settings)
+    for p in projections:
+        p.keys = keys.ring
+    engine = ProjectionEngine(settings, projections, loop=app.loop)
 
     @app.task
     async def start_projections() -> None:
         # Started and stopped with the app, after its web server is up.
+        await app.add_runtime_dependency(KeyRingService(keys, loop=app.loop))
         await app.add_runtime_dependency(engine)
 
     @app.timer(settings.metrics_interval)

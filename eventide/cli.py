@@ -20,8 +20,10 @@ from api.relay import run_relay
 from schemas.codecs import EventCodec
 from schemas.compat import check_registry
 from schemas.exceptions import EventideError
+from schemas.personal import new_kek_line
 from schemas.registry import DEFAULT_ROOT, REGISTRY_FILE, Registry
 from streams.httpaccess import token_hash
+from streams.keys import KafkaKeyStore
 from streams.settings import Settings
 from streams.tokens import ROLES, parse_token_entries
 from streams.topics import ensure_topics
@@ -294,6 +296,65 @@ def http_token(principal: str, role: str) -> None:
         raise click.BadParameter(str(exc), param_hint="PRINCIPAL") from None
     click.echo(f"token  {token}")
     click.echo(f"entry  {entry}")
+
+
+async def _with_keys(settings: Settings, action: Callable[[KafkaKeyStore], Any]) -> Any:
+    await ensure_topics(settings)
+    store = KafkaKeyStore(settings)
+    try:
+        return await action(store)
+    finally:
+        await store.stop()
+
+
+@main.command("forget")
+@click.argument("customer_id")
+@_fail_cleanly
+def forget_command(customer_id: str) -> None:
+    """Crypto-shred a customer: destroy their data keys on the keys topic.
+
+    Every worker drops the keys from memory as it reads the tombstones; the
+    personal fields of the customer's events, in every topic, changelog and
+    read model, can no longer be decrypted, also after a rebuild. Read models
+    answer null for them with `forgotten: true`.
+    """
+
+    s = _settings()
+    _logging(s)
+    destroyed = asyncio.run(_with_keys(s, lambda keys: keys.forget(customer_id)))
+    click.echo(
+        f"forgot customer {customer_id}: {destroyed} data key(s) destroyed on "
+        f"{s.topic('pii-keys')} (compaction removes them from the broker's disk within the hour)"
+    )
+
+
+@main.group("keys")
+def keys_group() -> None:
+    """Customers' data keys and the key-encryption key (KEK)."""
+
+
+@keys_group.command("rotate")
+@_fail_cleanly
+def keys_rotate() -> None:
+    """Re-wrap every data key with the current KEK (the first of EVENTIDE_PII_KEK(_FILE)).
+
+    Put the new KEK first and keep the old ones after it until this has run;
+    events are not re-published: they are encrypted with the data keys, which
+    do not change.
+    """
+
+    s = _settings()
+    _logging(s)
+    rewrapped = asyncio.run(_with_keys(s, lambda keys: keys.rotate()))
+    click.echo(f"re-wrapped {rewrapped} data key(s); the old KEKs can now be removed")
+
+
+@keys_group.command("new-kek")
+@click.argument("kek_id")
+def keys_new_kek(kek_id: str) -> None:
+    """Print a new KEK entry `<kekId>:<base64 of 32 random bytes>`."""
+
+    click.echo(new_kek_line(kek_id))
 
 
 @main.group("schemas")

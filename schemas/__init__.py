@@ -1,13 +1,18 @@
-"""Event contracts: the envelope, its schemas and registry, codecs and validation errors."""
+"""Event contracts: the envelope, its schemas and registry, codecs, validation errors,
+and the encryption of personal fields (``schemas.personal``)."""
 
 from .codecs import CONTENT_TYPE_AVRO, EventCodec, decode_event, default_codec
 from .envelope import CONTENT_TYPE_JSON, Envelope, new_event
 from .exceptions import (
+    DataKeyNotFoundError,
     DecodeError,
+    DecryptionError,
     EncodeError,
     EventError,
     IncompatibleSchemaError,
+    KekError,
     LimitExceededError,
+    PersonalDataError,
     RegistryError,
     SchemaError,
     UnknownSchemaError,
@@ -20,14 +25,18 @@ from .registry import Registry, SchemaEntry
 __all__ = [
     "CONTENT_TYPE_AVRO",
     "CONTENT_TYPE_JSON",
+    "DataKeyNotFoundError",
     "DecodeError",
+    "DecryptionError",
     "EncodeError",
     "Envelope",
     "EventCodec",
     "EventError",
     "IncompatibleSchemaError",
+    "KekError",
     "LimitExceededError",
     "Limits",
+    "PersonalDataError",
     "Registry",
     "RegistryError",
     "SchemaEntry",

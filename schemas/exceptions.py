@@ -78,6 +78,30 @@ class IncompatibleSchemaError(SchemaError):
     """A minor version breaks Avro schema resolution against the previous one."""
 
 
+class PersonalDataError(EventideError):
+    """Personal data could not be encrypted or decrypted (schemas/personal.py)."""
+
+    retriable = False
+
+
+class KekError(PersonalDataError):
+    """A key-encryption key is missing or malformed; the message names the setting."""
+
+
+class DecryptionError(PersonalDataError):
+    """A value or a wrapped key does not decrypt: another key, or altered. Refused."""
+
+
+class DataKeyNotFoundError(PersonalDataError):
+    """No data key by that id: the customer was forgotten, or the key is not read yet."""
+
+    retriable = True
+
+
+class KeyRecordError(PersonalDataError):
+    """A record of the keys topic is malformed."""
+
+
 def _show(value: object) -> str:
     if value is _MISSING:
         return "nothing (field missing)"

@@ -88,7 +88,8 @@ class SchemaEntry:
 
 
 def fingerprint(schema: Any) -> str:
-    """A stable digest of a schema: docs are ignored, defaults and names count."""
+    """A stable digest of a schema: docs and the ``personal`` mark are ignored,
+    defaults and names count."""
     return hashlib.sha256(
         orjson.dumps(_without_docs(schema), option=orjson.OPT_SORT_KEYS)
     ).hexdigest()[:16]
@@ -370,9 +371,14 @@ def _read_json(path: Path, problems: list[str]) -> Any:
     return None
 
 
+ANNOTATIONS = frozenset({"doc", "personal"})
+"""Schema attributes that do not change the data: left out of fingerprints
+(``personal`` marks a field written encrypted, see schemas/personal.py)."""
+
+
 def _without_docs(schema: Any) -> Any:
     if isinstance(schema, dict):
-        return {k: _without_docs(v) for k, v in schema.items() if k != "doc"}
+        return {k: _without_docs(v) for k, v in schema.items() if k not in ANNOTATIONS}
     if isinstance(schema, list):
         return [_without_docs(v) for v in schema]
     return schema

@@ -6,13 +6,15 @@ are imported from their modules (``streams.engine``, ``streams.views``).
 """
 
 from .exceptions import BrokerError, RebuildError, SettingsError, TopicConfigError
-from .settings import SecretUrl, Settings
+from .setting_types import SecretText, SecretUrl
+from .settings import Settings
 from .tokens import Secret
 
 __all__ = [
     "BrokerError",
     "RebuildError",
     "Secret",
+    "SecretText",
     "SecretUrl",
     "Settings",
     "SettingsError",

@@ -32,6 +32,8 @@ class TopicSpec:
     None: the broker's default."""
     compacted: bool = False
     """``cleanup.policy=compact`` (a table's changelog: the last value per key)."""
+    extra_configs: tuple[tuple[str, str], ...] = ()
+    """Further topic configuration set when Eventide creates it."""
 
     def configs(self) -> dict[str, str]:
         """Topic configuration set when Eventide creates it."""
@@ -40,6 +42,7 @@ class TopicSpec:
             configs["retention.ms"] = str(self.retention_ms)
         if self.compacted:
             configs["cleanup.policy"] = "compact"
+        configs.update(self.extra_configs)
         return configs
 
 
@@ -84,7 +87,29 @@ ORDER_VIEWS = TopicSpec(
     compacted=True,
 )
 
-CATALOGUE: tuple[TopicSpec, ...] = (USER_EVENTS, ORDER_EVENTS, CUSTOMER_FACTS, ORDER_VIEWS)
+PII_KEYS = TopicSpec(
+    "pii-keys",
+    "<customerId>/<keyId>, partitioned by customerId",
+    "customers' data keys wrapped by the KEK (schemas/personal.py), and "
+    "<customerId>/forgotten markers; a tombstone destroys a key (eventide forget). "
+    "Compacted within the hour, so a destroyed key leaves the broker's disk too",
+    consumed=False,
+    compacted=True,
+    extra_configs=(
+        ("max.compaction.lag.ms", "3600000"),
+        ("segment.ms", "3600000"),
+        ("min.cleanable.dirty.ratio", "0.01"),
+        ("delete.retention.ms", "86400000"),
+    ),
+)
+
+CATALOGUE: tuple[TopicSpec, ...] = (
+    USER_EVENTS,
+    ORDER_EVENTS,
+    CUSTOMER_FACTS,
+    ORDER_VIEWS,
+    PII_KEYS,
+)
 
 
 KEY_FIELDS = {"order": "orderId", "user": "userId"}

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from schemas.codecs import EventCodec
+from schemas.personal import KeyRing
 from tables.transaction import Transaction
 
 from .catalogue import TopicSpec, changelog_spec
@@ -144,6 +145,11 @@ class Projection(ABC):
 
     spec: ClassVar[ProjectionSpec]
     """The declaration (set by :func:`projection`)."""
+
+    keys: KeyRing | None = None
+    """Customers' data keys (schemas/personal.py), set by the app factory: what
+    :meth:`view` and side effects decrypt personal fields with, never :meth:`apply`
+    (stores and changelogs keep the ciphertext). None: values are shown as stored."""
 
     def __init__(self, settings: Settings, codec: EventCodec) -> None:
         spec = type(self).spec

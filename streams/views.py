@@ -27,6 +27,8 @@ import faust
 from aiohttp import web
 from faust.web import Request, Response, View
 
+from schemas.exceptions import DataKeyNotFoundError, PersonalDataError
+
 from .engine import Lookup, ProjectionEngine
 from .exceptions import (
     NotRebuildableError,
@@ -49,6 +51,8 @@ _STATUS: tuple[tuple[type[Exception], int], ...] = (
     (NotRebuildableError, 400),
     (RebuildRunningError, 409),
     (RebuildUnavailableError, 503),
+    (DataKeyNotFoundError, 503),
+    (PersonalDataError, 500),
 )
 
 
@@ -147,7 +151,12 @@ def register_views(
     """
 
     async def query(view: View, request: Request, table: str, id_field: str, key: str) -> Response:
-        where, found = engine.lookup(table, key)
+        try:
+            where, found = engine.lookup(table, key)
+        except PersonalDataError as exc:
+            # The customer's data key is not read yet (503, retry), or a value
+            # does not decrypt (500: refused rather than shown).
+            return view.json({"error": str(exc), id_field: key}, status=http_status(exc))
         if where is Lookup.LOCAL:
             if found is None:
                 return view.json({"error": f"{id_field[:-2]} not found", id_field: key}, status=404)

@@ -9,12 +9,14 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from schemas.envelope import Envelope, new_event
-from streams.catalogue import ORDER_EVENTS
+from schemas.registry import Registry
+from streams.catalogue import ORDER_EVENTS, USER_EVENTS
 from streams.httpaccess import bearer
+from streams.keys import KafkaKeyStore, PersonalFields
 from streams.produce import EventPublisher
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -146,11 +148,49 @@ def wait_for_views(
     return found
 
 
+def customer_ids(plan: DemoPlan) -> list[str]:
+    """The customers who place the plan's orders."""
+    return sorted({e.data["customerId"] for e in plan.events if e.name == "order.placed"})
+
+
+async def user_events(settings: Settings, customers: list[str]) -> list[Envelope]:
+    """A ``user.created`` per customer, personal fields encrypted with each
+    customer's data key (EVENTIDE_PII_ENCRYPTION); forgotten customers are left out."""
+    events = [
+        new_event(
+            "user.created",
+            {"userId": c, "email": f"{c}@example.com", "name": f"Customer {c[2:]}"},
+            source="user-service",
+        )
+        for c in customers
+    ]
+    if not settings.pii_encryption:
+        return events
+    personal = PersonalFields(Registry.load())
+    keys = KafkaKeyStore(settings)
+    try:
+        await keys.wait_ready(timeout=30)
+        encrypted = []
+        for event in events:
+            customer = event.data["userId"]
+            if keys.ring.is_forgotten(customer):
+                continue
+            key = await keys.key_for(customer)
+            data = personal.encrypt(key, event.name, event.data)
+            encrypted.append(replace(event, data=data))
+        return encrypted
+    finally:
+        await keys.stop()
+
+
 async def publish_plan(settings: Settings, plan: DemoPlan) -> int:
-    """Create the topics and publish the plan's events to ``order-events``."""
+    """Create the topics, publish a ``user.created`` per customer to ``user-events``
+    and the plan's events to ``order-events``."""
     await ensure_topics(settings)
+    users = await user_events(settings, customer_ids(plan))
     async with EventPublisher(settings) as publisher:
-        return await publisher.publish(settings.topic(ORDER_EVENTS.name), plan.events)
+        sent = await publisher.publish(settings.topic(USER_EVENTS.name), users)
+        return sent + await publisher.publish(settings.topic(ORDER_EVENTS.name), plan.events)
 
 
 def run_demo(
@@ -167,7 +207,8 @@ def run_demo(
     sent = asyncio.run(publish_plan(settings, plan))
     echo(
         f"published {sent} events for {orders} orders to "
-        f"{settings.topic(ORDER_EVENTS.name)} in {time.monotonic() - started:.2f}s"
+        f"{settings.topic(USER_EVENTS.name)} and {settings.topic(ORDER_EVENTS.name)} "
+        f"in {time.monotonic() - started:.2f}s"
     )
     rng = random.Random(seed)
     by_status: dict[str, list[str]] = {}

@@ -138,6 +138,9 @@ def customer_view(doc: dict[str, Any]) -> dict[str, Any]:
         "orderCount": doc["orderCount"],
         "totalSpent": round(doc["totalSpent"], 2) + 0.0,
         "lastOrderAt": doc["lastOrderAt"],
+        # True once `eventide forget` destroyed the customer's data keys: the
+        # projection then serves the personal fields as null (agents/customers.py).
+        "forgotten": False,
     }
 
 

@@ -8,12 +8,15 @@ import orjson
 import pytest
 
 from agents.customers import CustomersProjection
-from schemas.codecs import EventCodec
+from schemas.codecs import CONTENT_TYPE_AVRO, EventCodec
+from schemas.envelope import new_event
+from streams.keys import PersonalFields
 from streams.projection import BatchContext
 from streams.settings import Settings
 from tables.readmodels.customers import customer_view, order_key
 from tables.store import PartitionStore
 from tables.transaction import Transaction
+from tests.fixtures.keys import memory_keys
 
 
 def fact(order, version, placed=None, paid=None, customer="c-1"):
@@ -69,6 +72,7 @@ EXPECTED = {
     "orderCount": 3,
     "totalSpent": 24.75,
     "lastOrderAt": "2026-11-03T09:00:00Z",
+    "forgotten": False,
 }
 
 
@@ -121,6 +125,7 @@ def test_a_document_of_the_earlier_format_is_upgraded(projection, store):
         "orderCount": 2,
         "totalSpent": 20.5,
         "lastOrderAt": "2026-11-05T10:00:00Z",
+        "forgotten": False,
     }
 
 
@@ -131,3 +136,37 @@ def test_cost_of_a_fact_does_not_grow_with_the_customer_orders(projection, store
     assert stored_size < 300  # one document of counters, not one entry per order
     assert customer_view(store.get(b"c-1"))["orderCount"] == 500
     assert len(list(itertools.islice(store.items(), 10))) == 1  # entries are not served
+
+
+async def test_personal_fields_are_stored_encrypted_and_shredded_by_forget(projection, store):
+    keys = memory_keys()
+    projection.keys = keys.ring
+    codec = EventCodec()
+    key = await keys.key_for("c-1")
+    data = {"userId": "c-1", "email": "ann@example.com", "name": "Ann Lee"}
+    encrypted = PersonalFields(codec.registry).encrypt(key, "user.created", data)
+    created = new_event("user.created", encrypted, source="user-service")
+    value = codec.encode(created, CONTENT_TYPE_AVRO)
+    headers = codec.headers(created, CONTENT_TYPE_AVRO)
+    record = SimpleNamespace(topic=projection.users_topic, value=value, key=b"c-1", headers=headers)
+
+    def apply_user():
+        tx = Transaction(store)
+        projection.apply(BatchContext(tx), record)
+        tx.commit()
+
+    apply_user()
+    apply_all(projection, store, LIFECYCLE[:3])
+    view = served(projection, store)
+    assert (view["email"], view["name"], view["forgotten"]) == ("ann@example.com", "Ann Lee", False)
+    stored = b"".join(k + v for k, v in store.raw_items())
+    assert b"ann@example.com" not in stored and b"Ann Lee" not in stored
+
+    await keys.forget("c-1")
+    apply_all(projection, store, LIFECYCLE[3:])  # facts after forget are still applied
+    apply_user()  # and so is a replay of the event (a rebuild)
+    assert served(projection, store) == {
+        **EXPECTED,
+        "createdAt": created.timestamp,
+        "forgotten": True,
+    }

@@ -18,6 +18,7 @@ from api.app import create_api
 from streams.exceptions import SettingsError
 from streams.httpaccess import AUDIT_LOGGER, AccessPolicy, RateLimiter, token_hash
 from streams.settings import Settings
+from tests.fixtures.keys import memory_keys
 
 TOKENS = {"reader": "r-token-1", "writer": "w-token-1", "ops": "a-token-1"}
 ENTRIES = ",".join(
@@ -48,7 +49,7 @@ def make_client(tmp_path) -> Callable[..., AsyncIterator[httpx.AsyncClient]]:
 
 
 async def _client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_api(settings)
+    app = create_api(settings, keys=memory_keys())
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as c,

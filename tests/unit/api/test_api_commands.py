@@ -9,11 +9,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import httpx
+import orjson
 import pytest
 
 from api.app import create_api
 from api.store import SqliteStore
 from streams.settings import Settings
+from tests.fixtures.keys import memory_keys
 
 ORDER = {
     "orderId": "o-1",
@@ -35,7 +37,7 @@ def settings(tmp_path) -> Settings:
 
 @pytest.fixture
 async def client(settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_api(settings)
+    app = create_api(settings, keys=memory_keys())
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as c,
@@ -153,3 +155,37 @@ async def test_openapi_describes_every_command(client):
         "/orders/{order_id}/cancel",
     ]:
         assert "post" in paths[path], path
+
+
+async def test_personal_fields_are_written_encrypted(settings):
+    keys = memory_keys()
+    app = create_api(settings, keys=keys)
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://api") as client,
+    ):
+        body = {
+            "userId": "u-pii",
+            "email": "canary-7f3e@example.com",
+            "name": "Ann Canary",
+            "address": "1 Canary Wharf, London",
+        }
+        assert (await client.post("/users", json=body)).status_code == 201
+        store = SqliteStore(settings.state_dir / "outbox.sqlite3")
+        await store.open()
+        try:
+            async with store.claim("reader", 10) as claim:
+                (row,) = claim.rows
+        finally:
+            await store.close()
+        event = orjson.loads(row.value)
+        assert event["version"] == "1.1.0"  # user.created 1.1 has the address
+        shown = keys.ring.reveal("u-pii", event["data"], ("email", "name", "address"))
+        assert shown == ({k: body[k] for k in ("email", "name", "address")}, False)
+        await keys.forget("u-pii")
+        again = await client.post("/users", json={**body, "userId": "u-pii"})
+        assert again.status_code == 409
+    for f in settings.state_dir.glob("outbox.sqlite3*"):
+        for secret in (b"canary-7f3e", b"Ann Canary", b"Canary Wharf"):
+            assert secret not in f.read_bytes()

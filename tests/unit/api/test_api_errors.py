@@ -17,6 +17,7 @@ from api.exceptions import (
     StoreError,
 )
 from streams.settings import Settings
+from tests.fixtures.keys import memory_keys
 
 
 def test_no_error_class_carries_a_status():
@@ -49,7 +50,7 @@ def test_a_subclass_is_mapped_before_its_base():
 
 async def test_a_database_that_cannot_be_used_is_503_and_retriable(tmp_path):
     env = {"EVENTIDE_STATE_DIR": str(tmp_path), "EVENTIDE_API_RELAY": "false"}
-    app = create_api(Settings.from_env(env))
+    app = create_api(Settings.from_env(env), keys=memory_keys())
     transport = httpx.ASGITransport(app=app)
     async with (
         app.router.lifespan_context(app),

@@ -45,7 +45,8 @@ def test_ids_are_stable(registry):
     assert registry.get("user.created", "1.0").id == 1
     assert registry.get("order.placed", "1.0.0").id == 2
     assert registry.get("order.saga_failed", "1.0").id == 20
-    assert len({e.id for e in registry}) == len(registry) == 20
+    assert registry.get("user.created", "1.1").id == 21
+    assert len({e.id for e in registry}) == len(registry) == 21
 
 
 def test_lookup_by_id_and_by_name_and_version(registry):
