@@ -48,6 +48,7 @@ from schemas.registry import Registry
 from .catalogue import PII_KEYS
 from .outputs import KeyPartitioner
 from .settings import Settings
+from .topics import create_topics
 
 logger = logging.getLogger(__name__)
 
@@ -226,9 +227,8 @@ class KafkaKeyStore(KeyStore):
         await consumer.start()
         try:
             if self.topic not in await consumer.topics():
-                raise KeyStoreUnavailableError(
-                    f"topic {self.topic!r} does not exist: run `eventide topics`"
-                )
+                # A command API started before any worker or `eventide topics`.
+                await create_topics(self.settings, [PII_KEYS])
             # Created by ensure_topics with EVENTIDE_PARTITIONS partitions, like every topic.
             tps = [TopicPartition(self.topic, p) for p in range(self.settings.partitions)]
             consumer.assign(tps)
