@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from eventide.tools.demo import fetch_json
+from streams.kafka_clients import aiokafka_options
 from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,9 +43,8 @@ class Progress:
         self.loop.run_until_complete(self._start())
 
     async def _start(self) -> None:
-        servers = self.settings.bootstrap_servers
-        self.admin = AIOKafkaAdminClient(bootstrap_servers=servers)
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=servers)
+        self.admin = AIOKafkaAdminClient(**aiokafka_options(self.settings))
+        self.consumer = AIOKafkaConsumer(**aiokafka_options(self.settings))
         await self.admin.start()
         await self.consumer.start()
 

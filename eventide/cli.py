@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 import uvloop
+from aiokafka.errors import KafkaError
 
 from api.app import run_api
 from api.relay import run_relay
@@ -20,6 +21,7 @@ from schemas.codecs import EventCodec
 from schemas.compat import check_registry
 from schemas.exceptions import EventideError
 from schemas.registry import DEFAULT_ROOT, REGISTRY_FILE, Registry
+from streams.kafka_clients import check_kafka, explain
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
@@ -36,14 +38,29 @@ def _settings() -> Settings:
     return Settings.from_env()
 
 
+def _kafka_settings(purpose: str) -> Settings:
+    """The settings, once Kafka has accepted them: a refused credential or
+    certificate fails here within EVENTIDE_KAFKA_CONNECT_TIMEOUT seconds."""
+    s = _settings()
+    asyncio.run(check_kafka(s, purpose=f"eventide-{purpose}"))
+    return s
+
+
 def _fail_cleanly(fun: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn Eventide's own errors into one clear line and exit status 2."""
+    """Turn Eventide's own errors, and a Kafka client's refusals, into one clear
+    line and exit status 2."""
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fun(*args, **kwargs)
         except EventideError as exc:
             click.echo(f"eventide: error: {exc}", err=True)
+            sys.exit(2)
+        except KafkaError as exc:
+            message = explain(exc, _settings())
+            if message is None:
+                raise
+            click.echo(f"eventide: error: {message}", err=True)
             sys.exit(2)
 
     wrapper.__name__ = fun.__name__
@@ -94,7 +111,7 @@ def worker() -> None:
 def demo(orders: int, show: int, seed: int, timeout: float) -> None:
     """Publish a realistic burst of orders and print read models fetched over HTTP."""
 
-    s = _settings()
+    s = _kafka_settings("demo")
     _logging(s)
     try:
         run_demo(s, orders=orders, show=show, seed=seed, timeout=timeout, echo=click.echo)
@@ -152,7 +169,7 @@ def broker_status() -> None:
 def topics() -> None:
     """Create the catalogue's topics (workers and the demo do this too)."""
 
-    s = _settings()
+    s = _kafka_settings("topics")
     created = asyncio.run(ensure_topics(s))
     click.echo(f"created: {', '.join(created)}" if created else "all topics exist")
 
@@ -190,7 +207,7 @@ def relay_command() -> None:
 def history_command(entity_id: str, as_json: bool) -> None:
     """Print an entity's events in order, read from its topic (key = ENTITY_ID)."""
 
-    s = _settings()
+    s = _kafka_settings("history")
     codec = EventCodec(limits=s.limits)
     entries = asyncio.run(entity_history(s, entity_id, codec=codec))
     if not entries:
@@ -343,7 +360,7 @@ def _read_letters(topics: tuple[str, ...], error_class: str | None, since: str |
                 f"{since!r} is not an ISO time", param_hint="--since"
             ) from None
         when = when if when.tzinfo else when.replace(tzinfo=UTC)
-    return asyncio.run(read_dead_letters(_settings(), topics or None, error_class, when))
+    return asyncio.run(read_dead_letters(_kafka_settings("dlq"), topics or None, error_class, when))
 
 
 @dlq_group.command("list")

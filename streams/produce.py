@@ -12,6 +12,7 @@ from schemas.codecs import EventCodec
 from schemas.envelope import CONTENT_TYPE_JSON, Envelope
 
 from .catalogue import key_of
+from .kafka_clients import aiokafka_options
 from .settings import Settings
 
 
@@ -33,7 +34,7 @@ class EventPublisher:
         self.codec = codec if codec is not None else EventCodec(limits=settings.limits)
         self.content_type = content_type
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=settings.bootstrap_servers,
+            **aiokafka_options(settings),
             client_id=f"{settings.app_id}-publisher",
             acks="all",
             enable_idempotence=True,

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from schemas.limits import Limits
 
 from .exceptions import SettingsError
+from .kafka_security import MECHANISMS, PROTOCOLS, KafkaSecurity, Secret
 
 PREFIX = "EVENTIDE_"
 Parser = Callable[[str, str], Any]
@@ -158,6 +159,20 @@ def _http_url(var: str, value: str) -> SecretUrl:
     return SecretUrl(url)
 
 
+def _upper_choice(*choices: str) -> Callable[[str, str], str]:
+    def parse(var: str, value: str) -> str:
+        v = value.strip().upper()
+        if v not in choices:
+            raise SettingsError(f"{var}={value!r}: expected one of {', '.join(choices)}")
+        return v
+
+    return parse
+
+
+def _secret(var: str, value: str) -> Secret:
+    return Secret(value)
+
+
 ALL_PROJECTIONS = "all"
 """EVENTIDE_PROJECTIONS value naming every declared projection (agents/)."""
 
@@ -208,6 +223,44 @@ class Settings:
 
     broker_url: str = setting("kafka://127.0.0.1:9092", _str)
     """EVENTIDE_BROKER_URL: Kafka bootstrap servers, ``kafka://host:port[;host:port]``."""
+
+    kafka_security_protocol: str = setting("PLAINTEXT", _upper_choice(*PROTOCOLS))
+    """EVENTIDE_KAFKA_SECURITY_PROTOCOL: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL, for
+    every Kafka client (worker, relay, CLI, benchmarks)."""
+
+    kafka_sasl_mechanism: str = setting("SCRAM-SHA-512", _upper_choice(*MECHANISMS))
+    """EVENTIDE_KAFKA_SASL_MECHANISM: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (SASL_* only)."""
+
+    kafka_username: str = setting("", _prefix)
+    """EVENTIDE_KAFKA_USERNAME: the SASL user (needed by SASL_PLAINTEXT and SASL_SSL)."""
+
+    kafka_password: Secret = setting(parse=_secret, factory=lambda: Secret(""))
+    """EVENTIDE_KAFKA_PASSWORD: the SASL password; never printed or logged."""
+
+    kafka_password_file: str = setting("", _prefix)
+    """EVENTIDE_KAFKA_PASSWORD_FILE: a file holding the SASL password (instead of
+    EVENTIDE_KAFKA_PASSWORD)."""
+
+    kafka_ca_file: str = setting("", _prefix)
+    """EVENTIDE_KAFKA_CA_FILE: PEM file of the CAs that sign the brokers' certificates
+    (SSL, SASL_SSL); empty: the system's CAs."""
+
+    kafka_cert_file: str = setting("", _prefix)
+    """EVENTIDE_KAFKA_CERT_FILE: PEM client certificate for mutual TLS (with the key)."""
+
+    kafka_key_file: str = setting("", _prefix)
+    """EVENTIDE_KAFKA_KEY_FILE: PEM private key of the client certificate."""
+
+    kafka_key_password: Secret = setting(parse=_secret, factory=lambda: Secret(""))
+    """EVENTIDE_KAFKA_KEY_PASSWORD: password of an encrypted client key; never printed."""
+
+    kafka_check_hostname: bool = setting(True, _bool)
+    """EVENTIDE_KAFKA_CHECK_HOSTNAME: the broker's certificate must name the host
+    connected to (turn off only for a test broker)."""
+
+    kafka_connect_timeout: float = setting(10.0, _float(1, 300))
+    """EVENTIDE_KAFKA_CONNECT_TIMEOUT: seconds the start-up check waits for the broker
+    before failing (a refused credential or certificate fails at once)."""
 
     app_id: str = setting("eventide", _str)
     """EVENTIDE_APP_ID: consumer group id and prefix of changelog topics."""
@@ -377,13 +430,14 @@ class Settings:
         env = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            text = value.reveal() if isinstance(value, SecretUrl) else str(value)
+            text = value.reveal() if isinstance(value, SecretUrl | Secret) else str(value)
             env[PREFIX + f.name.upper()] = text
         return env
 
     def validate(self) -> None:
         """Check cross-field rules; raise :class:`SettingsError` naming the variable."""
         self.bootstrap_servers  # parses the URL  # noqa: B018
+        self.kafka_security.validate()
         if not self.app_id.replace("-", "").replace("_", "").replace(".", "").isalnum():
             raise SettingsError(
                 f"EVENTIDE_APP_ID={self.app_id!r}: use letters, digits, '.', '_' and '-' only"
@@ -398,6 +452,22 @@ class Settings:
     def bootstrap_servers(self) -> list[str]:
         """``host:port`` strings for Kafka clients, parsed from :attr:`broker_url`."""
         return parse_broker_url(self.broker_url)
+
+    @property
+    def kafka_security(self) -> KafkaSecurity:
+        """The TLS and SASL settings of every Kafka client (streams/kafka_clients.py)."""
+        return KafkaSecurity(
+            protocol=self.kafka_security_protocol,
+            mechanism=self.kafka_sasl_mechanism,
+            username=self.kafka_username,
+            password=self.kafka_password,
+            password_file=self.kafka_password_file,
+            ca_file=self.kafka_ca_file,
+            cert_file=self.kafka_cert_file,
+            key_file=self.kafka_key_file,
+            key_password=self.kafka_key_password,
+            check_hostname=self.kafka_check_hostname,
+        )
 
     @property
     def broker_port(self) -> int:

@@ -32,6 +32,7 @@ from pathlib import Path
 from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.exceptions import BrokerError
+from streams.kafka_clients import aiokafka_options
 from streams.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -162,10 +163,12 @@ def running_pid(paths: BrokerPaths) -> int | None:
     return pid
 
 
-async def _metadata_ok(bootstrap: list[str], timeout: float) -> bool:
+async def _metadata_ok(settings: Settings, timeout: float) -> bool:
     # A broker that is still starting refuses connections: expected, not news.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+    admin = AIOKafkaAdminClient(
+        **aiokafka_options(settings), request_timeout_ms=int(timeout * 1000)
+    )
     try:
         await asyncio.wait_for(admin.start(), timeout)
         await asyncio.wait_for(admin.describe_cluster(), timeout)
@@ -179,7 +182,7 @@ async def _metadata_ok(bootstrap: list[str], timeout: float) -> bool:
 
 def is_answering(settings: Settings, timeout: float = 2.0) -> bool:
     """Whether a broker answers a metadata request at ``settings.broker_url``."""
-    return asyncio.run(_metadata_ok(settings.bootstrap_servers, timeout))
+    return asyncio.run(_metadata_ok(settings, timeout))
 
 
 def tail(path: Path, lines: int = 30) -> str:
