@@ -111,7 +111,7 @@ def worker() -> None:
 def demo(orders: int, show: int, seed: int, timeout: float) -> None:
     """Publish a realistic burst of orders and print read models fetched over HTTP."""
 
-    s = _kafka_settings("demo")
+    s = _settings()
     _logging(s)
     try:
         run_demo(s, orders=orders, show=show, seed=seed, timeout=timeout, echo=click.echo)
@@ -207,7 +207,7 @@ def relay_command() -> None:
 def history_command(entity_id: str, as_json: bool) -> None:
     """Print an entity's events in order, read from its topic (key = ENTITY_ID)."""
 
-    s = _kafka_settings("history")
+    s = _settings()
     codec = EventCodec(limits=s.limits)
     entries = asyncio.run(entity_history(s, entity_id, codec=codec))
     if not entries:

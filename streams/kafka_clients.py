@@ -130,35 +130,15 @@ async def check_kafka(
     """
     timeout = settings.kafka_connect_timeout
     sec = settings.kafka_security
-    options = aiokafka_options(settings)
-    del options["bootstrap_servers"]
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     problems: list[str] = []
     for server in settings.bootstrap_servers:
-        host, _, port = server.rpartition(":")
-        left = deadline - loop.time()
-        if left <= 0:
+        if loop.time() >= deadline:
             break
-        try:
-            conn = await asyncio.wait_for(
-                create_conn(
-                    host,
-                    int(port),
-                    client_id=f"{purpose}-check",
-                    request_timeout_ms=int(left * 1000),
-                    **options,
-                ),
-                left,
-            )
-        except (TimeoutError, OSError, kerrors.KafkaConnectionError) as exc:
-            refused = _tls_refusal(exc, server, sec)
-            if refused is not None:
-                raise KafkaSecurityError(refused) from None
-            problems.append(f"{server}: {_reason(exc)}")
+        conn = await _connect(settings, server, deadline, purpose, problems)
+        if conn is None:
             continue
-        except kerrors.KafkaError as exc:
-            raise KafkaSecurityError(_sasl_refusal(exc, server, sec)) from None
         try:
             await asyncio.wait_for(
                 _check_access(conn, server, sec, topics, groups), deadline - loop.time()
@@ -170,16 +150,42 @@ async def check_kafka(
             conn.close()
         logger.debug("%s: %s accepted %s", purpose, server, sec.describe())
         return
-    hint = (
-        f"does {VAR_PROTOCOL}={sec.protocol} match the broker's listener?"
-        if problems
-        else "is the broker running?"
-    )
     raise BrokerError(
         f"cannot reach Kafka at {settings.broker_url} (EVENTIDE_BROKER_URL) within "
         f"{timeout:g}s (EVENTIDE_KAFKA_CONNECT_TIMEOUT): {'; '.join(problems) or 'no answer'}; "
-        f"is the broker running, and {hint}"
+        f"is the broker running, and does {VAR_PROTOCOL}={sec.protocol} match its listener?"
     )
+
+
+async def _connect(
+    settings: Settings, server: str, deadline: float, purpose: str, problems: list[str]
+) -> Any:
+    """An authenticated aiokafka connection to ``server``, or None (the reason
+    appended to ``problems``) when it does not answer; raises on a refusal."""
+    sec = settings.kafka_security
+    options = aiokafka_options(settings)
+    del options["bootstrap_servers"]
+    host, _, port = server.rpartition(":")
+    left = deadline - asyncio.get_running_loop().time()
+    try:
+        return await asyncio.wait_for(
+            create_conn(
+                host,
+                int(port),
+                client_id=f"{purpose}-check",
+                request_timeout_ms=max(1, int(left * 1000)),
+                **options,
+            ),
+            left,
+        )
+    except (TimeoutError, OSError, kerrors.KafkaConnectionError) as exc:
+        refused = _tls_refusal(exc, server, sec)
+        if refused is not None:
+            raise KafkaSecurityError(refused) from None
+        problems.append(f"{server}: {_reason(exc)}")
+        return None
+    except kerrors.KafkaError as exc:
+        raise KafkaSecurityError(_sasl_refusal(exc, server, sec)) from None
 
 
 async def _check_access(

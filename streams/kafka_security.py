@@ -15,6 +15,7 @@ importing the settings must not load a Kafka client.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,19 @@ VAR_KEY_FILE = "EVENTIDE_KAFKA_KEY_FILE"
 VAR_KEY_PASSWORD = "EVENTIDE_KAFKA_KEY_PASSWORD"
 VAR_CHECK_HOSTNAME = "EVENTIDE_KAFKA_CHECK_HOSTNAME"
 MASK = "***"
+SECURITY_FIELDS = {
+    "protocol": "kafka_security_protocol",
+    "mechanism": "kafka_sasl_mechanism",
+    "username": "kafka_username",
+    "password": "kafka_password",
+    "password_file": "kafka_password_file",
+    "ca_file": "kafka_ca_file",
+    "cert_file": "kafka_cert_file",
+    "key_file": "kafka_key_file",
+    "key_password": "kafka_key_password",
+    "check_hostname": "kafka_check_hostname",
+}
+""":class:`KafkaSecurity` field → the :class:`~streams.settings.Settings` field it comes from."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +71,23 @@ class Secret:
 
     def __repr__(self) -> str:
         return f"Secret({str(self)!r})"
+
+
+def parse_upper_choice(*choices: str) -> Callable[[str, str], str]:
+    """A settings parser accepting one of ``choices``, in any case."""
+
+    def parse(var: str, value: str) -> str:
+        v = value.strip().upper()
+        if v not in choices:
+            raise SettingsError(f"{var}={value!r}: expected one of {', '.join(choices)}")
+        return v
+
+    return parse
+
+
+def parse_secret(var: str, value: str) -> Secret:
+    """A settings parser of a secret: kept as given, printed masked."""
+    return Secret(value)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,19 @@ from urllib.parse import urlsplit
 from schemas.limits import Limits
 
 from .exceptions import SettingsError
-from .kafka_security import MECHANISMS, PROTOCOLS, KafkaSecurity, Secret
+from .kafka_security import (
+    MECHANISMS,
+    PROTOCOLS,
+    SECURITY_FIELDS,
+    KafkaSecurity,
+    Secret,
+)
+from .kafka_security import (
+    parse_secret as _secret,
+)
+from .kafka_security import (
+    parse_upper_choice as _upper_choice,
+)
 
 PREFIX = "EVENTIDE_"
 Parser = Callable[[str, str], Any]
@@ -159,20 +171,6 @@ def _http_url(var: str, value: str) -> SecretUrl:
     return SecretUrl(url)
 
 
-def _upper_choice(*choices: str) -> Callable[[str, str], str]:
-    def parse(var: str, value: str) -> str:
-        v = value.strip().upper()
-        if v not in choices:
-            raise SettingsError(f"{var}={value!r}: expected one of {', '.join(choices)}")
-        return v
-
-    return parse
-
-
-def _secret(var: str, value: str) -> Secret:
-    return Secret(value)
-
-
 ALL_PROJECTIONS = "all"
 """EVENTIDE_PROJECTIONS value naming every declared projection (agents/)."""
 
@@ -225,25 +223,22 @@ class Settings:
     """EVENTIDE_BROKER_URL: Kafka bootstrap servers, ``kafka://host:port[;host:port]``."""
 
     kafka_security_protocol: str = setting("PLAINTEXT", _upper_choice(*PROTOCOLS))
-    """EVENTIDE_KAFKA_SECURITY_PROTOCOL: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL, for
-    every Kafka client (worker, relay, CLI, benchmarks)."""
+    """EVENTIDE_KAFKA_SECURITY_PROTOCOL: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."""
 
     kafka_sasl_mechanism: str = setting("SCRAM-SHA-512", _upper_choice(*MECHANISMS))
     """EVENTIDE_KAFKA_SASL_MECHANISM: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (SASL_* only)."""
 
     kafka_username: str = setting("", _prefix)
-    """EVENTIDE_KAFKA_USERNAME: the SASL user (needed by SASL_PLAINTEXT and SASL_SSL)."""
+    """EVENTIDE_KAFKA_USERNAME: the SASL user (SASL_PLAINTEXT and SASL_SSL need one)."""
 
     kafka_password: Secret = setting(parse=_secret, factory=lambda: Secret(""))
     """EVENTIDE_KAFKA_PASSWORD: the SASL password; never printed or logged."""
 
     kafka_password_file: str = setting("", _prefix)
-    """EVENTIDE_KAFKA_PASSWORD_FILE: a file holding the SASL password (instead of
-    EVENTIDE_KAFKA_PASSWORD)."""
+    """EVENTIDE_KAFKA_PASSWORD_FILE: a file holding the SASL password instead."""
 
     kafka_ca_file: str = setting("", _prefix)
-    """EVENTIDE_KAFKA_CA_FILE: PEM file of the CAs that sign the brokers' certificates
-    (SSL, SASL_SSL); empty: the system's CAs."""
+    """EVENTIDE_KAFKA_CA_FILE: PEM CAs of the brokers' certificates (empty: the system's)."""
 
     kafka_cert_file: str = setting("", _prefix)
     """EVENTIDE_KAFKA_CERT_FILE: PEM client certificate for mutual TLS (with the key)."""
@@ -255,12 +250,10 @@ class Settings:
     """EVENTIDE_KAFKA_KEY_PASSWORD: password of an encrypted client key; never printed."""
 
     kafka_check_hostname: bool = setting(True, _bool)
-    """EVENTIDE_KAFKA_CHECK_HOSTNAME: the broker's certificate must name the host
-    connected to (turn off only for a test broker)."""
+    """EVENTIDE_KAFKA_CHECK_HOSTNAME: the broker's certificate must name its host."""
 
     kafka_connect_timeout: float = setting(10.0, _float(1, 300))
-    """EVENTIDE_KAFKA_CONNECT_TIMEOUT: seconds the start-up check waits for the broker
-    before failing (a refused credential or certificate fails at once)."""
+    """EVENTIDE_KAFKA_CONNECT_TIMEOUT: seconds the start-up check waits for a broker."""
 
     app_id: str = setting("eventide", _str)
     """EVENTIDE_APP_ID: consumer group id and prefix of changelog topics."""
@@ -456,18 +449,7 @@ class Settings:
     @property
     def kafka_security(self) -> KafkaSecurity:
         """The TLS and SASL settings of every Kafka client (streams/kafka_clients.py)."""
-        return KafkaSecurity(
-            protocol=self.kafka_security_protocol,
-            mechanism=self.kafka_sasl_mechanism,
-            username=self.kafka_username,
-            password=self.kafka_password,
-            password_file=self.kafka_password_file,
-            ca_file=self.kafka_ca_file,
-            cert_file=self.kafka_cert_file,
-            key_file=self.kafka_key_file,
-            key_password=self.kafka_key_password,
-            check_hostname=self.kafka_check_hostname,
-        )
+        return KafkaSecurity(**{k: getattr(self, name) for k, name in SECURITY_FIELDS.items()})
 
     @property
     def broker_port(self) -> int:

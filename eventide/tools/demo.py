@@ -14,6 +14,7 @@ from typing import Any
 
 from schemas.envelope import Envelope, new_event
 from streams.catalogue import ORDER_EVENTS
+from streams.kafka_clients import check_kafka
 from streams.produce import EventPublisher
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -139,6 +140,7 @@ def wait_for_views(
 
 async def publish_plan(settings: Settings, plan: DemoPlan) -> int:
     """Create the topics and publish the plan's events to ``order-events``."""
+    await check_kafka(settings, topics=[settings.topic(ORDER_EVENTS.name)], purpose="eventide-demo")
     await ensure_topics(settings)
     async with EventPublisher(settings) as publisher:
         return await publisher.publish(settings.topic(ORDER_EVENTS.name), plan.events)

@@ -26,7 +26,7 @@ from schemas.envelope import Envelope
 from schemas.exceptions import EventError
 from streams.catalogue import ORDER_EVENTS, USER_EVENTS
 from streams.exceptions import BrokerError
-from streams.kafka_clients import aiokafka_options
+from streams.kafka_clients import aiokafka_options, check_kafka
 from streams.settings import Settings
 
 
@@ -68,6 +68,7 @@ async def entity_history(
     """
     codec = codec if codec is not None else EventCodec(limits=settings.limits)
     names = topics or [settings.topic(spec.name) for spec in (USER_EVENTS, ORDER_EVENTS)]
+    await check_kafka(settings, topics=names, purpose="eventide-history")
     key = entity_id.encode()
     consumer = AIOKafkaConsumer(
         **aiokafka_options(settings),
