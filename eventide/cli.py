@@ -25,7 +25,7 @@ from streams.kafka_clients import check_kafka, explain
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
-from .tools import devbroker
+from .tools import devbroker, devsecurity
 from .tools.demo import run_demo
 from .tools.dlq import read_dead_letters, replay
 from .tools.history import entity_history
@@ -134,11 +134,32 @@ def broker_install() -> None:
 
 
 @broker.command("start")
+@click.option(
+    "--secure",
+    is_flag=True,
+    help="A SASL_SSL listener (SCRAM-SHA-512, the CA of `broker certs`), deny-by-default "
+    "ACLs and one user per role (admin, worker, relay); prints what to export.",
+)
 @_fail_cleanly
-def broker_start() -> None:
+def broker_start(secure: bool) -> None:
     """Start the broker in the background; return once it answers."""
 
-    devbroker.start(_settings(), click.echo)
+    devbroker.start(_settings(), click.echo, secure=secure)
+
+
+@broker.command("certs")
+@_fail_cleanly
+def broker_certs() -> None:
+    """Make the secured dev broker's CA, certificates and role passwords (once).
+
+    They go to <EVENTIDE_STATE_DIR>/kafka-secrets (private); `broker start
+    --secure` makes them too when missing.
+    """
+
+    s = _settings()
+    where = devsecurity.make_secrets(s, click.echo)
+    click.echo(f"CA: {where.ca}; broker keystore: {where.keystore}")
+    click.echo(devsecurity.exports(s, where))
 
 
 @broker.command("stop")
