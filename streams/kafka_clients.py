@@ -317,6 +317,7 @@ async def check_confluent(settings: Settings, purpose: str = "eventide") -> None
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
+        admin.poll(0)  # serves error_cb
         fatal = [e for e in errors if e.name() in FATAL_RD_CODES]
         if fatal:
             raise KafkaSecurityError(
