@@ -256,12 +256,25 @@ def start(settings: Settings, echo: Callable[[str], None] = print, secure: bool 
             f"{'plaintext' if secure else 'secured (--secure)'} broker; start it the same way, "
             "or use another port (EVENTIDE_BROKER_URL) or delete that folder"
         )
+    if where is not None and _formatted_for(paths) not in (None, where.fingerprint):
+        raise BrokerError(
+            f"the storage in {paths.home} has the SCRAM users of other passwords than "
+            f"those in {where.home}; delete that folder (its topics go too) to start afresh"
+        )
     pid = _start(settings, paths, echo, where)
     if where is not None:
         count = devsecurity.create_acls(settings, where)
         echo(f"{count} ACLs for the worker and relay roles; to connect:")
         echo(devsecurity.exports(settings, where))
     return pid
+
+
+def _formatted_for(paths: BrokerPaths) -> str | None:
+    """The fingerprint of the passwords a secured broker's storage was formatted with."""
+    try:
+        return paths.secure_mark.read_text().strip()
+    except FileNotFoundError:
+        return None
 
 
 def _start(
@@ -286,7 +299,7 @@ def _start(
     if not (paths.data / "meta.properties").exists():
         _format_storage(settings, paths, echo, devsecurity.scram_arguments(where) if where else [])
         if where is not None:
-            paths.secure_mark.touch()
+            paths.secure_mark.write_text(where.fingerprint + "\n")
     started = time.monotonic()
     with paths.log.open("ab") as log:
         proc = subprocess.Popen(

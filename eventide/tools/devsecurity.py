@@ -21,6 +21,7 @@ user) and creates the ACLs of :func:`role_acls` once the broker answers.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import ipaddress
 import os
 import secrets
@@ -91,6 +92,12 @@ class SecretsDir:
     @property
     def keystore_password(self) -> str:
         return self.password("keystore")
+
+    @property
+    def fingerprint(self) -> str:
+        """A digest of the roles' passwords: which users a broker's storage was formatted with."""
+        joined = "\n".join(self.password(role) for role in ROLES)
+        return hashlib.sha256(joined.encode()).hexdigest()[:16]
 
     @property
     def complete(self) -> bool:

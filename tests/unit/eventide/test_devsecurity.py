@@ -5,11 +5,13 @@ from __future__ import annotations
 import ipaddress
 import stat
 
+import pytest
 from confluent_kafka.admin import AclOperation, ResourcePatternType, ResourceType
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from eventide.tools import devbroker, devsecurity
+from streams.exceptions import BrokerError
 from streams.settings import Settings
 
 
@@ -86,3 +88,16 @@ def test_each_role_gets_only_its_topics_and_groups(tmp_path):
     assert {
         (a.name, a.resource_pattern_type) for a in everything if a.restype == ResourceType.TOPIC
     } == {("*", ResourcePatternType.LITERAL)}
+
+
+def test_storage_of_one_kind_or_other_passwords_is_never_reused(tmp_path):
+    settings = settings_in(tmp_path)
+    paths = devbroker.paths_for(settings)
+    paths.data.mkdir(parents=True)  # formatted for a plaintext broker
+    with pytest.raises(BrokerError, match="belongs to a plaintext broker"):
+        devbroker.start(settings, echo=lambda _: None, secure=True)
+    paths.secure_mark.write_text("0123456789abcdef\n")  # ... for other passwords
+    with pytest.raises(BrokerError, match="SCRAM users of other passwords"):
+        devbroker.start(settings, echo=lambda _: None, secure=True)
+    with pytest.raises(BrokerError, match=r"belongs to a secured \(--secure\) broker"):
+        devbroker.start(settings, echo=lambda _: None)
