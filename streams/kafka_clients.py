@@ -54,6 +54,16 @@ from .settings import Settings
 logger = logging.getLogger(__name__)
 
 
+def _no_sasl_payloads(record: logging.LogRecord) -> bool:
+    """aiokafka logs every request at DEBUG, SASL/PLAIN's password included: drop
+    the lines about SASL exchanges."""
+    args = record.args if isinstance(record.args, tuple) else ()
+    return not any(type(arg).__name__.startswith("SaslAuthenticate") for arg in args)
+
+
+logging.getLogger("aiokafka.conn").addFilter(_no_sasl_payloads)
+
+
 def aiokafka_options(settings: Settings) -> dict[str, Any]:
     """``bootstrap_servers`` and the security keyword arguments of aiokafka's clients."""
     sec = settings.kafka_security
@@ -153,7 +163,8 @@ async def check_kafka(
     raise BrokerError(
         f"cannot reach Kafka at {settings.broker_url} (EVENTIDE_BROKER_URL) within "
         f"{timeout:g}s (EVENTIDE_KAFKA_CONNECT_TIMEOUT): {'; '.join(problems) or 'no answer'}; "
-        f"is the broker running, and does {VAR_PROTOCOL}={sec.protocol} match its listener?"
+        f"is the broker running (`eventide broker start` starts the dev broker), and does "
+        f"{VAR_PROTOCOL}={sec.protocol} match its listener?"
     )
 
 

@@ -3,6 +3,7 @@ of each client library's options."""
 
 from __future__ import annotations
 
+import logging
 import ssl
 from pathlib import Path
 
@@ -184,3 +185,19 @@ def test_secrets_are_masked_in_settings_output_and_reprs(pki):
     # A child process gets the real values.
     assert settings.to_env()["EVENTIDE_KAFKA_PASSWORD"] == "pw-canary-81"
     assert Settings.from_env(settings.to_env()) == settings
+
+
+class SaslAuthenticateRequest_v0:
+    """Stands in for aiokafka's request, whose repr shows the SASL/PLAIN bytes."""
+
+    def __repr__(self) -> str:
+        return "SaslAuthenticateRequest_v0(sasl_auth_bytes=b'\\x00worker\\x00pw-canary-17')"
+
+
+def test_aiokafka_debug_lines_never_carry_a_sasl_password(caplog):
+    conn_log = logging.getLogger("aiokafka.conn")
+    with caplog.at_level(logging.DEBUG, logger="aiokafka.conn"):
+        conn_log.debug("Request to %s:%d %d: %s", "h", 1, 1, SaslAuthenticateRequest_v0())
+        conn_log.debug("Request to %s:%d %d: %s", "h", 1, 2, "MetadataRequest_v5")
+    assert "pw-canary-17" not in caplog.text
+    assert "MetadataRequest_v5" in caplog.text
