@@ -5,13 +5,24 @@ Importing this package loads no Kafka or Faust client: the engine and the views
 are imported from their modules (``streams.engine``, ``streams.views``).
 """
 
-from .exceptions import BrokerError, RebuildError, SettingsError, TopicConfigError
+from .exceptions import (
+    BrokerError,
+    KafkaAuthorizationError,
+    KafkaSecurityError,
+    RebuildError,
+    SettingsError,
+    TopicConfigError,
+)
+from .kafka_security import KafkaSecurity
 from .setting_types import SecretText, SecretUrl
 from .settings import Settings
 from .tokens import Secret
 
 __all__ = [
     "BrokerError",
+    "KafkaAuthorizationError",
+    "KafkaSecurity",
+    "KafkaSecurityError",
     "RebuildError",
     "Secret",
     "SecretText",

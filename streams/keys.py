@@ -46,6 +46,7 @@ from schemas.personal import (
 from schemas.registry import Registry
 
 from .catalogue import PII_KEYS
+from .kafka_clients import aiokafka_options
 from .outputs import KeyPartitioner
 from .settings import Settings
 from .topics import create_topics
@@ -219,7 +220,7 @@ class KafkaKeyStore(KeyStore):
 
     async def _connect(self) -> AIOKafkaConsumer:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap_servers,
+            **aiokafka_options(self.settings),
             client_id=f"{self.settings.app_id}-pii-keys",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -317,7 +318,7 @@ class KafkaKeyStore(KeyStore):
         try:
             if self._producer is None:
                 producer = AIOKafkaProducer(
-                    bootstrap_servers=self.settings.bootstrap_servers,
+                    **aiokafka_options(self.settings),
                     client_id=f"{self.settings.app_id}-pii-keys",
                     acks="all",
                     enable_idempotence=True,
