@@ -44,10 +44,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from streams.catalogue import PII_KEYS
 from streams.exceptions import BrokerError
 from streams.kafka_clients import confluent_options
-from streams.kafka_security import Secret
 from streams.settings import Settings
+from streams.tokens import Secret
 
 ROLES = ("admin", "worker", "relay")
 """One SCRAM user per role; ``admin`` is the broker's own user and the super user."""
@@ -292,7 +293,8 @@ def role_acls(settings: Settings) -> list[AclBinding]:
     empty), consumer groups starting with EVENTIDE_APP_ID.
 
     - worker: read, write, create and describe the topics; read its groups;
-    - relay: write, create and describe the topics; no group, no read.
+    - relay: write, create and describe the topics, read the data-keys topic
+      (the command API encrypts personal fields); no group.
     """
     prefix = settings.topic_prefix
     topic_name, topic_type = (
@@ -317,13 +319,28 @@ def role_acls(settings: Settings) -> list[AclBinding]:
         )
         for op in (AclOperation.READ, AclOperation.DESCRIBE)
     ]  # fmt: skip
+    bindings.append(keys_acl(settings))
     return bindings
 
 
-def create_acls(settings: Settings, where: SecretsDir, timeout: float = 30.0) -> int:
-    """Create the roles' ACLs as the admin (idempotent); returns how many."""
+def keys_acl(settings: Settings) -> AclBinding:
+    """The command API (the relay's principal) reads the customers' data keys to
+    encrypt personal fields (streams/keys.py): that one topic, no other."""
+    return AclBinding(
+        ResourceType.TOPIC, settings.topic(PII_KEYS.name), ResourcePatternType.LITERAL,
+        "User:relay", "*", AclOperation.READ, AclPermissionType.ALLOW,
+    )  # fmt: skip
+
+
+def create_acls(
+    settings: Settings,
+    where: SecretsDir,
+    timeout: float = 30.0,
+    bindings: list[AclBinding] | None = None,
+) -> int:
+    """Create the roles' ACLs (or ``bindings``) as the admin (idempotent); returns how many."""
     admin = AdminClient(confluent_options(as_role(settings, where, "admin")))
-    bindings = role_acls(settings)
+    bindings = role_acls(settings) if bindings is None else bindings
     futures = admin.create_acls(bindings, request_timeout=timeout)
     for binding, future in futures.items():
         try:

@@ -95,6 +95,19 @@ def test_worker_relay_and_cli_with_their_principals(
     view = wait_for_order(worker_settings.web_url, order_id)
     assert view["status"] == "pending" and view["totalAmount"] == 16.0
 
+    # Personal data: the API (relay's principal) writes the customer's data key to
+    # the keys topic and encrypts; the worker reads the key to show the e-mail.
+    user = {"userId": f"u-{tag}", "email": f"sec-{tag}@example.com", "name": "Sec User"}
+    r = httpx.post(f"{api.url}/users", json=user, timeout=30)
+    assert r.status_code == 201, r.text
+    deadline, customer = time.monotonic() + 90, None
+    while time.monotonic() < deadline:
+        code, customer = fetch_json(f"{worker_settings.web_url}/customers/u-{tag}")
+        if code == 200 and customer.get("email") == user["email"]:
+            break
+        time.sleep(0.3)
+    assert customer is not None and customer.get("email") == user["email"], customer
+
     code, out, _ = cli(admin, "history", order_id)  # a CLI command as the admin
     assert code == 0 and "order.placed" in out, out
     if client == "confluent":

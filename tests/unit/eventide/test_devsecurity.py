@@ -81,13 +81,16 @@ def test_each_role_gets_only_its_topics_and_groups(tmp_path):
     assert ("User:worker", *topic, AclOperation.READ) in granted
     assert ("User:worker", *group, AclOperation.READ) in granted
     assert ("User:relay", *topic, AclOperation.WRITE) in granted
-    assert not any(p == "User:relay" and op == AclOperation.READ for p, *_, op in granted)
+    relay_reads = {
+        (r, n, t) for p, r, n, t, op in granted if p == "User:relay" and op == AclOperation.READ
+    }
+    assert relay_reads == {(ResourceType.TOPIC, "shop-pii-keys", ResourcePatternType.LITERAL)}
     assert not any(p == "User:relay" and r == ResourceType.GROUP for p, r, *_ in granted)
     assert not any(p == "User:admin" for p, *_ in granted)  # the super user needs none
     everything = devsecurity.role_acls(settings_in(tmp_path))
     assert {
         (a.name, a.resource_pattern_type) for a in everything if a.restype == ResourceType.TOPIC
-    } == {("*", ResourcePatternType.LITERAL)}
+    } == {("*", ResourcePatternType.LITERAL), ("pii-keys", ResourcePatternType.LITERAL)}
 
 
 def test_storage_of_one_kind_or_other_passwords_is_never_reused(tmp_path):
