@@ -74,6 +74,7 @@ def test_worker_relay_and_cli_with_their_principals(
     secure_kafka: Any,
     worker_factory: Callable[..., Any],
     tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     tag = uuid.uuid4().hex[:10]
     admin = make_secure_settings("admin", tag)
@@ -86,6 +87,7 @@ def test_worker_relay_and_cli_with_their_principals(
     assert code == 0, out
     worker = worker_factory(worker_settings).start()
     api = Process("api", relay, tmp_path / "api.log").start()  # the relay runs inside
+    request.addfinalizer(api.stop)  # also when an assertion fails
 
     order_id = f"sec-{tag}"
     body = {"orderId": order_id, "customerId": "c-1",
