@@ -5,7 +5,13 @@ Importing this package loads no Kafka or Faust client: the engine and the views
 are imported from their modules (``streams.engine``, ``streams.views``).
 """
 
-from .exceptions import BrokerError, RebuildError, SettingsError, TopicConfigError
+from .exceptions import (
+    BrokerError,
+    RebuildError,
+    RecordKeyError,
+    SettingsError,
+    TopicConfigError,
+)
 from .setting_types import SecretText, SecretUrl
 from .settings import Settings
 from .tokens import Secret
@@ -13,6 +19,7 @@ from .tokens import Secret
 __all__ = [
     "BrokerError",
     "RebuildError",
+    "RecordKeyError",
     "Secret",
     "SecretText",
     "SecretUrl",

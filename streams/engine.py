@@ -275,8 +275,10 @@ class ProjectionEngine(Service):
     def count_outcome(self, table: str, topic: str, outcome: Outcome) -> int:
         """Count a record that was not simply applied; 1 if it was invalid input."""
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
-        if outcome is Outcome.INVALID:
-            self.metrics.dead_letter(table, topic, "invalid")
+        if outcome is Outcome.INVALID or outcome is Outcome.BAD_KEY:
+            self.metrics.dead_letter(
+                table, topic, "invalid" if outcome is Outcome.INVALID else "key"
+            )
             return 1
         if outcome is Outcome.RETRIED:
             self.metrics.retried(table, topic)

@@ -120,7 +120,8 @@ class EngineMetrics:
         )
         self.dead_lettered = Counter(
             "eventide_dead_lettered",
-            "Events sent to a dead-letter topic, by reason (invalid input, retries exhausted).",
+            "Events sent to a dead-letter topic, by reason: invalid (bad input), key (no "
+            "Kafka key, or not the event's entity id), exhausted (retries exhausted).",
             ["projection", "topic", "reason"],
             registry=r,
         )
@@ -246,7 +247,7 @@ class EngineMetrics:
         self.retries.labels(projection, topic).inc()
 
     def dead_letter(self, projection: str, topic: str, reason: str) -> None:
-        """One event sent to its dead-letter topic (``reason``: invalid, exhausted)."""
+        """One event sent to its dead-letter topic (``reason``: invalid, key, exhausted)."""
         self.dead_lettered.labels(projection, topic, reason).inc()
 
     # -- background refresh ---------------------------------------------------
