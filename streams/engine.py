@@ -62,6 +62,7 @@ from .catalogue import TopicSpec, changelog_spec
 from .checkpoint import Batch, BatchCommit
 from .confluent_transport import ConfluentTransport
 from .failures import FailureRouter, Outcome, RetryPolicy, retry_topic
+from .healing import StoreHealer
 from .metrics import EngineMetrics
 from .outputs import KeyPartitioner
 from .pipeline import BatchPipeline
@@ -146,6 +147,9 @@ class ProjectionEngine(Service):
             settings, self.assignor, [p.changelog_spec for p in self.projections]
         )
         self.standbys = StandbyReplicas(self)
+        self.healer = StoreHealer(self)
+        """Opens and restores table partitions; retries those that failed."""
+        self.polled = time.monotonic()  # when the engine last polled its consumer
         """Warm copies of partitions other workers own (EVENTIDE_STANDBY_REPLICAS)."""
         self._lock = asyncio.Lock()
         self._uncommitted: dict[TopicPartition, int] = {}
@@ -226,6 +230,7 @@ class ProjectionEngine(Service):
         wait_ms = self.settings.batch_max_wait_ms
         max_records = self.settings.batch_max_records
         while not self.should_stop:
+            self.polled = time.monotonic()  # /health: the consumer is polled (streams/health.py)
             batch = await consumer.getmany(timeout_ms=wait_ms, max_records=max_records)
             async with self._lock:
                 if batch:
@@ -392,6 +397,7 @@ class ProjectionEngine(Service):
             self.metrics.revoked(revoked)
             for tp in revoked:
                 for projection in self.by_topic.get(tp.topic, ()):
+                    self.healer.failed.pop((projection.table, tp.partition), None)
                     store = self.stores.pop((projection.table, tp.partition), None)
                     if store is not None:
                         store.close()
@@ -408,23 +414,14 @@ class ProjectionEngine(Service):
                 {(p.table, tp.partition) for tp in assigned for p in self.by_topic[tp.topic]}
             ):
                 if (table, partition) not in self.stores:
-                    store = self.standbys.take(table, partition) or PartitionStore(
-                        self.store_path(table, partition), self.rocksdb
-                    )
-                    restored += await self.recover(table, partition, store)
-                    self.stores[(table, partition)] = store
+                    # A damaged store is moved aside and restored; one that cannot be
+                    # restored is retried in the background (streams/healing.py).
+                    store, count = await self.healer.open(table, partition)
+                    if store is not None:
+                        self.stores[(table, partition)] = store
+                        restored += count
             for tp in assigned:
-                applied = min(
-                    self.stores[(p.table, tp.partition)].offset(tp.topic)
-                    for p in self.by_topic[tp.topic]
-                )
-                committed = await consumer.committed(tp)
-                position = max(applied + 1, committed or 0)
-                consumer.seek(tp, position)
-                if position > (committed or 0):
-                    # Applied but not committed (a crash between the two): commit it
-                    # with the next batch, or at once if nothing new arrives.
-                    self._uncommitted[tp] = position
+                await self._seek_applied(consumer, tp)
             self.ready = True
             elapsed = time.monotonic() - started
             logger.info(
@@ -434,6 +431,38 @@ class ProjectionEngine(Service):
                 elapsed,
             )
             self.metrics.assigned(len(assigned), restored, elapsed)
+
+    async def _seek_applied(self, consumer: Consumer, tp: TopicPartition) -> bool:
+        """Seek ``tp`` past the offsets its stores applied; pause it (False) while
+        one of them cannot be served."""
+        stores = [self.stores.get((p.table, tp.partition)) for p in self.by_topic[tp.topic]]
+        if None in stores:
+            consumer.pause(tp)
+            return False
+        applied = min(store.offset(tp.topic) for store in stores if store is not None)
+        committed = await consumer.committed(tp)
+        position = max(applied + 1, committed or 0)
+        consumer.seek(tp, position)
+        if position > (committed or 0):
+            # Applied but not committed (a crash between the two): commit it
+            # with the next batch, or at once if nothing new arrives.
+            self._uncommitted[tp] = position
+        return True
+
+    @Service.task
+    async def _heal_failed_partitions(self) -> None:
+        """Try again, with back-off, the table partitions that could not be restored."""
+        while not self.should_stop:
+            await self.sleep(0.5)
+            consumer = self.transport.consumer
+            if self.healer.failed and consumer is not None:
+                async with self._lock:
+                    healed = await self.healer.heal_due()
+                    for tp in sorted(consumer.assignment()) if healed else ():
+                        tables = self.by_topic.get(tp.topic, ())
+                        mine = any((p.table, tp.partition) in healed for p in tables)
+                        if mine and await self._seek_applied(consumer, tp):
+                            consumer.resume(tp)
 
     async def _notify_rebalance(self, reason: str) -> None:
         for listener in self.rebalance_listeners:
