@@ -256,23 +256,21 @@ class EngineMetrics:
         """Set the lag of every assigned partition from the broker's log end offsets.
 
         Uses a ListOffsets request (``end_offsets``), so the lag keeps growing
-        while the consumer is paused or stuck and fetches nothing.
+        while the consumer is paused or stuck and fetches nothing. Raises what
+        the request raised (the broker is unreachable, or a rebalance is in
+        progress): the caller (streams/health.py) counts it as a failed probe.
         """
         if consumer is None:
             return
         assignment = sorted(consumer.assignment())
         if not assignment:
             return
-        try:
-            ends = await consumer.end_offsets(assignment)
-            for tp in assignment:
-                done = self._committed.get(tp)
-                if done is None:
-                    done = await consumer.position(tp)
-                self.lag.labels(tp.topic, str(tp.partition)).set(max(0, ends[tp] - done))
-        except Exception as exc:  # a rebalance in progress: try again next time
-            logger.debug("lag refresh skipped: %s: %s", type(exc).__name__, exc)
-            return
+        ends = await consumer.end_offsets(assignment)
+        for tp in assignment:
+            done = self._committed.get(tp)
+            if done is None:
+                done = await consumer.position(tp)
+            self.lag.labels(tp.topic, str(tp.partition)).set(max(0, ends[tp] - done))
         self.lag_refreshed.set(time.time())
 
     def exposition(self) -> bytes:
