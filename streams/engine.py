@@ -421,7 +421,7 @@ class ProjectionEngine(Service):
                         self.stores[(table, partition)] = store
                         restored += count
             for tp in assigned:
-                await self._seek_applied(consumer, tp)
+                await self.seek_applied(consumer, tp)
             self.ready = True
             elapsed = time.monotonic() - started
             logger.info(
@@ -432,7 +432,7 @@ class ProjectionEngine(Service):
             )
             self.metrics.assigned(len(assigned), restored, elapsed)
 
-    async def _seek_applied(self, consumer: Consumer, tp: TopicPartition) -> bool:
+    async def seek_applied(self, consumer: Consumer, tp: TopicPartition) -> bool:
         """Seek ``tp`` past the offsets its stores applied; pause it (False) while
         one of them cannot be served."""
         stores = [self.stores.get((p.table, tp.partition)) for p in self.by_topic[tp.topic]]
@@ -451,18 +451,7 @@ class ProjectionEngine(Service):
 
     @Service.task
     async def _heal_failed_partitions(self) -> None:
-        """Try again, with back-off, the table partitions that could not be restored."""
-        while not self.should_stop:
-            await self.sleep(0.5)
-            consumer = self.transport.consumer
-            if self.healer.failed and consumer is not None:
-                async with self._lock:
-                    healed = await self.healer.heal_due()
-                    for tp in sorted(consumer.assignment()) if healed else ():
-                        tables = self.by_topic.get(tp.topic, ())
-                        mine = any((p.table, tp.partition) in healed for p in tables)
-                        if mine and await self._seek_applied(consumer, tp):
-                            consumer.resume(tp)
+        await self.healer.run()
 
     async def _notify_rebalance(self, reason: str) -> None:
         for listener in self.rebalance_listeners:

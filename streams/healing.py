@@ -21,6 +21,7 @@ would stay "starting" forever. Instead, :class:`StoreHealer`:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -118,6 +119,36 @@ class StoreHealer:
         if self.failed.pop(key, None) is not None:
             logger.info("table partition %s[%d] restored and served again", table, partition)
         return store, restored
+
+    async def run(self) -> None:
+        """Every half second, try the failed partitions whose time has come; resume
+        the source partitions of those restored. Runs until cancelled."""
+        engine = self.engine
+        while True:
+            await asyncio.sleep(0.5)
+            consumer = engine.consumer
+            if not self.failed or consumer is None:
+                continue
+            async with engine.locked():
+                healed = await self.heal_due()
+                tps = [
+                    tp
+                    for tp in sorted(consumer.assignment())
+                    if any(
+                        (p.table, tp.partition) in healed for p in engine.by_topic.get(tp.topic, ())
+                    )
+                ]
+                try:
+                    for tp in tps:
+                        if await engine.seek_applied(consumer, tp):
+                            consumer.resume(tp)
+                except Exception as exc:  # not served after all: try again later
+                    consumer.pause(*tps)
+                    for key in healed:
+                        store = engine.stores.pop(key, None)
+                        if store is not None:
+                            store.close()
+                        self._failed(key, exc)
 
     async def heal_due(self) -> set[tuple[str, int]]:
         """Try the failed partitions whose time has come; serve those restored

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 from agents.orders import OrdersProjection
@@ -86,3 +87,26 @@ async def test_a_partition_that_cannot_be_restored_is_reported_and_retried(tmp_p
     assert await engine.healer.heal_due() == {("orders", 0)}
     assert engine.stores[("orders", 0)].get(b"o-1")["status"] == "pending"
     assert WorkerHealth(engine, stale_after=60).status()[0] == 200
+
+
+async def test_the_healer_resumes_the_source_partitions_once_restored(tmp_path):
+    broker = FakeBroker()
+    await _worker_with_orders(tmp_path, broker)
+    settings = settings_for(tmp_path)
+    transport = FailingReads(broker, failures=1)
+    engine = ProjectionEngine(settings, [OrdersProjection(settings, CODEC)], transport=transport)
+    transport.consumer.assigned = {SOURCE, RETRY}
+    await engine.on_assigned([SOURCE, RETRY])
+    assert transport.consumer.paused == {SOURCE, RETRY}
+
+    healer = asyncio.ensure_future(engine.healer.run())
+    try:
+        for _ in range(40):  # the first retry comes after 1 s
+            await asyncio.sleep(0.1)
+            if not transport.consumer.paused:
+                break
+    finally:
+        healer.cancel()
+    assert transport.consumer.paused == set()
+    assert transport.consumer.positions[SOURCE] == 2  # past what the store applied
+    assert engine.healer.failed == {}
