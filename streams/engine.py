@@ -147,10 +147,10 @@ class ProjectionEngine(Service):
             settings, self.assignor, [p.changelog_spec for p in self.projections]
         )
         self.standbys = StandbyReplicas(self)
+        """Warm copies of partitions other workers own (EVENTIDE_STANDBY_REPLICAS)."""
         self.healer = StoreHealer(self)
         """Opens and restores table partitions; retries those that failed."""
         self.polled = time.monotonic()  # when the engine last polled its consumer
-        """Warm copies of partitions other workers own (EVENTIDE_STANDBY_REPLICAS)."""
         self._lock = asyncio.Lock()
         self._uncommitted: dict[TopicPartition, int] = {}
         self._to_commit: dict[TopicPartition, int] = {}
