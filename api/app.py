@@ -481,6 +481,8 @@ def create_api(
         await store.open()
         if keys is not None:
             await keys.start()
+        if relay is not None:
+            await relay.preflight()  # refused credentials stop the API at start-up
         stop = asyncio.Event()
         task = asyncio.create_task(relay.run(stop)) if relay else None
         logger.info("command API on %r, relay %s", store, "inside" if relay else "separate")

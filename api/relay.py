@@ -33,6 +33,9 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
 
+from streams.catalogue import ORDER_EVENTS, USER_EVENTS
+from streams.exceptions import BrokerError, KafkaSecurityError
+from streams.kafka_clients import aiokafka_options, check_kafka
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
@@ -86,7 +89,7 @@ class OutboxRelay:
 
     def _new_producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
-            bootstrap_servers=self.settings.bootstrap_servers,
+            **aiokafka_options(self.settings),
             client_id=f"{self.settings.app_id}-relay",
             acks="all",
             enable_idempotence=True,
@@ -94,17 +97,40 @@ class OutboxRelay:
             request_timeout_ms=15_000,
         )
 
+    async def preflight(self) -> None:
+        """Fail now if Kafka refuses this relay (TLS, SASL, ACLs on the topics it
+        writes): raises :class:`~streams.exceptions.KafkaSecurityError`. A broker
+        that does not answer is only logged: the relay waits for it."""
+        try:
+            await check_kafka(self.settings, topics=self.topics, purpose="relay")
+        except BrokerError as exc:
+            logger.warning("relay: %s; publishing once it answers", exc)
+
+    @property
+    def topics(self) -> list[str]:
+        """The topics the relay writes (the API's commands become events there)."""
+        return [self.settings.topic(spec.name) for spec in (USER_EVENTS, ORDER_EVENTS)]
+
     async def _connect(self, stop: asyncio.Event) -> bool:
-        """Create the topics and start a producer, retrying while Kafka is away."""
+        """Create the topics and start a producer, retrying while Kafka is away.
+
+        A refusal (credentials, certificate, ACLs) is not retried: it raises
+        :class:`~streams.exceptions.KafkaSecurityError`, which stops the relay.
+        """
         delay = 0.5
         while not stop.is_set():
             producer = self._new_producer()
             try:
+                await check_kafka(self.settings, topics=self.topics, purpose="relay")
                 await ensure_topics(self.settings)
                 await producer.start()
                 self._producer = producer
                 logger.info("relay %s connected to %s", self.relay_id, self.settings.broker_url)
                 return True
+            except KafkaSecurityError:
+                await producer.stop()
+                self.metrics.errors.labels("connect").inc()
+                raise
             except Exception as exc:
                 await producer.stop()
                 self.metrics.errors.labels("connect").inc()

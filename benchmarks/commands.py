@@ -61,6 +61,7 @@ from eventide.tools import devbroker
 from schemas.codecs import EventCodec
 from streams.catalogue import ORDER_EVENTS, USER_EVENTS
 from streams.httpaccess import bearer, http_env
+from streams.kafka_clients import aiokafka_options
 from streams.settings import Settings
 
 from . import report
@@ -84,7 +85,7 @@ def _pct(values: list[float], q: float) -> float:
 
 
 async def _create_topics(settings: Settings) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = AIOKafkaAdminClient(**aiokafka_options(settings))
     await admin.start()
     try:
         config = {"message.timestamp.type": "LogAppendTime"}
@@ -200,7 +201,7 @@ async def _relay_lags(
     events of orders whose id starts with ``prefix`` (the measured run, not the
     warm-up, whose first events wait for the relay to connect)."""
     topics = [settings.topic(ORDER_EVENTS.name)]
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
+    consumer = AIOKafkaConsumer(**aiokafka_options(settings))
     await consumer.start()
     lags: dict[str, float] = {}
     codec = EventCodec(limits=settings.limits)

@@ -31,6 +31,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from eventide.tools import devbroker
 from eventide.tools.demo import fetch_json
 from streams.catalogue import CUSTOMER_FACTS, ORDER_EVENTS, USER_EVENTS
+from streams.kafka_clients import aiokafka_options
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
@@ -58,8 +59,8 @@ def publish_slowly(
 
 async def _lag(settings: Settings) -> int:
     topics = [settings.topic(t.name) for t in (ORDER_EVENTS, USER_EVENTS, CUSTOMER_FACTS)]
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
+    admin = AIOKafkaAdminClient(**aiokafka_options(settings))
+    consumer = AIOKafkaConsumer(**aiokafka_options(settings))
     await admin.start()
     await consumer.start()
     try:

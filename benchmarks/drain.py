@@ -51,6 +51,7 @@ from eventide.tools import devbroker
 from eventide.tools.demo import fetch_json
 from schemas.codecs import EventCodec
 from streams.catalogue import ORDER_EVENTS, USER_EVENTS
+from streams.kafka_clients import aiokafka_options, confluent_options
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
@@ -75,7 +76,7 @@ async def _read_all(settings: Settings, total: int, decode: bool) -> dict[str, f
     topics = [settings.topic(ORDER_EVENTS.name), settings.topic(USER_EVENTS.name)]
     consumer = AIOKafkaConsumer(
         *topics,
-        bootstrap_servers=settings.bootstrap_servers,
+        **aiokafka_options(settings),
         group_id=None,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
@@ -107,7 +108,7 @@ def _read_all_confluent(settings: Settings, total: int) -> dict[str, float]:
     topics = [settings.topic(ORDER_EVENTS.name), settings.topic(USER_EVENTS.name)]
     consumer = Consumer(
         {
-            "bootstrap.servers": ",".join(settings.bootstrap_servers),
+            **confluent_options(settings),
             "group.id": f"ceiling-{uuid.uuid4().hex[:8]}",  # assigned, never joined
             "enable.auto.commit": False,
             "max.partition.fetch.bytes": 4 * 1024 * 1024,

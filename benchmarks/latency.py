@@ -23,6 +23,7 @@ from schemas.codecs import EventCodec
 from schemas.envelope import CONTENT_TYPE_JSON
 from streams.catalogue import ORDER_EVENTS, key_of
 from streams.httpaccess import bearer
+from streams.kafka_clients import aiokafka_options
 from streams.outputs import KeyPartitioner
 from streams.settings import Settings
 
@@ -69,9 +70,7 @@ async def offer(
     settings: Settings, values: list[tuple[bytes, bytes]], rate: int, seconds: float
 ) -> int:
     """Publish ``rate`` events/s for ``seconds`` from ``values``; returns events sent."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=2
-    )
+    producer = AIOKafkaProducer(**aiokafka_options(settings), acks="all", linger_ms=2)
     await producer.start()
     topic = settings.topic(ORDER_EVENTS.name)
     partition = KeyPartitioner(settings.partitions)

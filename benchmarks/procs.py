@@ -20,6 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from eventide.tools.demo import fetch_json
 from streams.httpaccess import bearer, http_env
+from streams.kafka_clients import aiokafka_options
 from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,9 +56,8 @@ class Progress:
         self.loop.run_until_complete(self._start())
 
     async def _start(self) -> None:
-        servers = self.settings.bootstrap_servers
-        self.admin = AIOKafkaAdminClient(bootstrap_servers=servers)
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=servers)
+        self.admin = AIOKafkaAdminClient(**aiokafka_options(self.settings))
+        self.consumer = AIOKafkaConsumer(**aiokafka_options(self.settings))
         await self.admin.start()
         await self.consumer.start()
 

@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaProducer
 from schemas.codecs import CONTENT_TYPE_AVRO, EventCodec
 from schemas.envelope import CONTENT_TYPE_JSON, Envelope, new_event
 from streams.catalogue import ORDER_EVENTS, USER_EVENTS, key_of
+from streams.kafka_clients import aiokafka_options
 from streams.outputs import BatchSender, KeyPartitioner
 from streams.settings import Settings
 from tables.readmodels.customers import apply_user_created, customer_view, empty_customer
@@ -170,7 +171,7 @@ async def publish(
     codec = EventCodec()
     content_type = CONTENT_TYPE_AVRO if form == "avro" else CONTENT_TYPE_JSON
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
+        **aiokafka_options(settings),
         acks="all",
         enable_idempotence=True,
         linger_ms=10,

@@ -19,6 +19,7 @@ from streams.engine import ProjectionEngine
 from streams.exceptions import SettingsError
 from streams.health import LagRefresher, WorkerHealth
 from streams.httpaccess import AccessPolicy
+from streams.kafka_clients import faust_credentials
 from streams.keys import KafkaKeyStore, KeyRingService
 from streams.logthrottle import install_log_throttle
 from streams.projection import Projection
@@ -48,6 +49,7 @@ def faust_options(settings: Settings) -> dict[str, Any]:
     """The ``faust.App`` keyword arguments derived from the settings."""
     return {
         "broker": "kafka://" + ";".join(settings.bootstrap_servers),
+        "broker_credentials": faust_credentials(settings),  # TLS and SASL, as every client
         "store": "rocksdb://",  # Faust picks rocksdict when python-rocksdb is absent
         "datadir": str(settings.data_dir),
         "web_enabled": True,

@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 import uvloop
+from aiokafka.errors import KafkaError
 
 from api.app import run_api
 from api.relay import run_relay
@@ -23,12 +24,13 @@ from schemas.exceptions import EventideError
 from schemas.personal import new_kek_line
 from schemas.registry import DEFAULT_ROOT, REGISTRY_FILE, Registry
 from streams.httpaccess import token_hash
+from streams.kafka_clients import check_kafka, explain
 from streams.keys import KafkaKeyStore
 from streams.settings import Settings
 from streams.tokens import ROLES, parse_token_entries
 from streams.topics import ensure_topics
 
-from .tools import devbroker
+from .tools import devbroker, devsecurity
 from .tools.demo import run_demo
 from .tools.dlq import read_dead_letters, replay
 from .tools.history import entity_history
@@ -41,14 +43,29 @@ def _settings() -> Settings:
     return Settings.from_env()
 
 
+def _kafka_settings(purpose: str) -> Settings:
+    """The settings, once Kafka has accepted them: a refused credential or
+    certificate fails here within EVENTIDE_KAFKA_CONNECT_TIMEOUT seconds."""
+    s = _settings()
+    asyncio.run(check_kafka(s, purpose=f"eventide-{purpose}"))
+    return s
+
+
 def _fail_cleanly(fun: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn Eventide's own errors into one clear line and exit status 2."""
+    """Turn Eventide's own errors, and a Kafka client's refusals, into one clear
+    line and exit status 2."""
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fun(*args, **kwargs)
         except EventideError as exc:
             click.echo(f"eventide: error: {exc}", err=True)
+            sys.exit(2)
+        except KafkaError as exc:
+            message = explain(exc, _settings())
+            if message is None:
+                raise
+            click.echo(f"eventide: error: {message}", err=True)
             sys.exit(2)
 
     wrapper.__name__ = fun.__name__
@@ -122,11 +139,32 @@ def broker_install() -> None:
 
 
 @broker.command("start")
+@click.option(
+    "--secure",
+    is_flag=True,
+    help="A SASL_SSL listener (SCRAM-SHA-512, the CA of `broker certs`), deny-by-default "
+    "ACLs and one user per role (admin, worker, relay); prints what to export.",
+)
 @_fail_cleanly
-def broker_start() -> None:
+def broker_start(secure: bool) -> None:
     """Start the broker in the background; return once it answers."""
 
-    devbroker.start(_settings(), click.echo)
+    devbroker.start(_settings(), click.echo, secure=secure)
+
+
+@broker.command("certs")
+@_fail_cleanly
+def broker_certs() -> None:
+    """Make the secured dev broker's CA, certificates and role passwords (once).
+
+    They go to <EVENTIDE_STATE_DIR>/kafka-secrets (private); `broker start
+    --secure` makes them too when missing.
+    """
+
+    s = _settings()
+    where = devsecurity.make_secrets(s, click.echo)
+    click.echo(f"CA: {where.ca}; broker keystore: {where.keystore}")
+    click.echo(devsecurity.exports(s, where))
 
 
 @broker.command("stop")
@@ -157,7 +195,7 @@ def broker_status() -> None:
 def topics() -> None:
     """Create the catalogue's topics (workers and the demo do this too)."""
 
-    s = _settings()
+    s = _kafka_settings("topics")
     created = asyncio.run(ensure_topics(s))
     click.echo(f"created: {', '.join(created)}" if created else "all topics exist")
 
@@ -430,7 +468,7 @@ def _read_letters(topics: tuple[str, ...], error_class: str | None, since: str |
                 f"{since!r} is not an ISO time", param_hint="--since"
             ) from None
         when = when if when.tzinfo else when.replace(tzinfo=UTC)
-    return asyncio.run(read_dead_letters(_settings(), topics or None, error_class, when))
+    return asyncio.run(read_dead_letters(_kafka_settings("dlq"), topics or None, error_class, when))
 
 
 @dlq_group.command("list")

@@ -9,7 +9,9 @@ from collections.abc import Callable
 
 from faust.worker import Worker
 
+from streams.catalogue import CATALOGUE
 from streams.httpaccess import load_tokens
+from streams.kafka_clients import check_kafka
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
@@ -29,6 +31,16 @@ def run_worker(settings: Settings, customize: Callable[[EventideApp], None] | No
     # loop that is current when it starts.
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
+    # Refused credentials, an untrusted certificate or a missing ACL fail here, in
+    # seconds, instead of in the clients' endless retries.
+    loop.run_until_complete(
+        check_kafka(
+            settings,
+            topics=[settings.topic(spec.name) for spec in CATALOGUE],
+            groups=[settings.app_id, settings.projection_group],
+            purpose="worker",
+        )
+    )
     loop.run_until_complete(ensure_topics(settings))
     eventide = create_app(settings)
     if customize is not None:

@@ -7,17 +7,23 @@ are imported from their modules (``streams.engine``, ``streams.views``).
 
 from .exceptions import (
     BrokerError,
+    KafkaAuthorizationError,
+    KafkaSecurityError,
     RebuildError,
     RecordKeyError,
     SettingsError,
     TopicConfigError,
 )
+from .kafka_security import KafkaSecurity
 from .setting_types import SecretText, SecretUrl
 from .settings import Settings
 from .tokens import Secret
 
 __all__ = [
     "BrokerError",
+    "KafkaAuthorizationError",
+    "KafkaSecurity",
+    "KafkaSecurityError",
     "RebuildError",
     "RecordKeyError",
     "Secret",

@@ -42,6 +42,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from .exceptions import DeliveryError
+from .kafka_clients import confluent_options
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ CHUNK_RECORDS = 50_000
 def producer_config(settings: Settings, client_id: str) -> dict[str, Any]:
     """librdkafka settings of the engine's producer (idempotent, acks=all, gap-less)."""
     return {
-        "bootstrap.servers": ",".join(settings.bootstrap_servers),
+        **confluent_options(settings),
         "client.id": client_id,
         "enable.idempotence": True,
         "acks": "all",

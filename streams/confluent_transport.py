@@ -35,6 +35,7 @@ from .assignor import GroupHosts
 from .catalogue import TopicSpec
 from .confluent_consumer import ConfluentConsumer
 from .confluent_sender import ConfluentSender
+from .kafka_clients import check_confluent, confluent_options
 from .settings import Settings
 from .topics import create_topics
 from .transport import KafkaReaders, instance_id
@@ -51,7 +52,7 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
     """librdkafka settings of the projections' group consumer."""
     group = settings.projection_group
     return {
-        "bootstrap.servers": ",".join(settings.bootstrap_servers),
+        **confluent_options(settings),
         "client.id": f"{group}-consumer{URL_MARK}{settings.web_url}",
         "group.id": group,
         # Static membership: a restarted worker takes its partitions back at
@@ -109,12 +110,14 @@ class ConfluentTransport(KafkaReaders):
 
     async def start(self, topics: Sequence[str], listener: ConsumerRebalanceListener) -> None:
         settings = self.settings
+        # librdkafka retries a refused credential forever: check once, with a deadline.
+        await check_confluent(settings, purpose=self.group_id)
         if self.changelogs:
             await create_topics(settings, self.changelogs)
         self.sender = ConfluentSender.create(settings, f"{self.group_id}-producer")
         self._admin = AdminClient(
             {
-                "bootstrap.servers": ",".join(settings.bootstrap_servers),
+                **confluent_options(settings),
                 "client.id": f"{self.group_id}-admin",
                 "logger": logging.getLogger("streams.rdkafka.admin"),
             }

@@ -22,6 +22,15 @@ class BrokerError(EventideError):
     retriable = True
 
 
+class KafkaSecurityError(EventideError):
+    """Kafka refused the connection: TLS, SASL or an ACL. The message names the
+    setting to look at and the broker's answer; trying again cannot help."""
+
+
+class KafkaAuthorizationError(KafkaSecurityError):
+    """The broker's ACLs deny the principal a topic, group or cluster operation."""
+
+
 class DeliveryError(EventideError):
     """The producer could not deliver a batch's records: the batch fails."""
 

@@ -46,8 +46,10 @@ from schemas.personal import (
 from schemas.registry import Registry
 
 from .catalogue import PII_KEYS
+from .kafka_clients import aiokafka_options
 from .outputs import KeyPartitioner
 from .settings import Settings
+from .topics import create_topics
 
 logger = logging.getLogger(__name__)
 
@@ -218,7 +220,7 @@ class KafkaKeyStore(KeyStore):
 
     async def _connect(self) -> AIOKafkaConsumer:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap_servers,
+            **aiokafka_options(self.settings),
             client_id=f"{self.settings.app_id}-pii-keys",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -226,9 +228,8 @@ class KafkaKeyStore(KeyStore):
         await consumer.start()
         try:
             if self.topic not in await consumer.topics():
-                raise KeyStoreUnavailableError(
-                    f"topic {self.topic!r} does not exist: run `eventide topics`"
-                )
+                # A command API started before any worker or `eventide topics`.
+                await create_topics(self.settings, [PII_KEYS])
             # Created by ensure_topics with EVENTIDE_PARTITIONS partitions, like every topic.
             tps = [TopicPartition(self.topic, p) for p in range(self.settings.partitions)]
             consumer.assign(tps)
@@ -317,7 +318,7 @@ class KafkaKeyStore(KeyStore):
         try:
             if self._producer is None:
                 producer = AIOKafkaProducer(
-                    bootstrap_servers=self.settings.bootstrap_servers,
+                    **aiokafka_options(self.settings),
                     client_id=f"{self.settings.app_id}-pii-keys",
                     acks="all",
                     enable_idempotence=True,

@@ -7,11 +7,14 @@ from collections.abc import Iterable
 from types import TracebackType
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import ClusterAuthorizationFailedError, TopicAuthorizationFailedError
 
 from schemas.codecs import EventCodec
 from schemas.envelope import CONTENT_TYPE_JSON, Envelope
 
 from .catalogue import key_of
+from .exceptions import KafkaAuthorizationError
+from .kafka_clients import aiokafka_options, explain
 from .settings import Settings
 
 
@@ -30,10 +33,11 @@ class EventPublisher:
         codec: EventCodec | None = None,
         content_type: str = CONTENT_TYPE_JSON,
     ) -> None:
+        self.settings = settings
         self.codec = codec if codec is not None else EventCodec(limits=settings.limits)
         self.content_type = content_type
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=settings.bootstrap_servers,
+            **aiokafka_options(settings),
             client_id=f"{settings.app_id}-publisher",
             acks="all",
             enable_idempotence=True,
@@ -53,7 +57,17 @@ class EventPublisher:
         await self._producer.stop()
 
     async def publish(self, topic: str, events: Iterable[Envelope]) -> int:
-        """Send events keyed by entity id, in order per key; wait for all acks."""
+        """Send events keyed by entity id, in order per key; wait for all acks.
+
+        Raises :class:`~streams.exceptions.KafkaAuthorizationError` when the
+        broker's ACLs do not let this principal write ``topic``.
+        """
+        try:
+            return await self._publish(topic, events)
+        except (TopicAuthorizationFailedError, ClusterAuthorizationFailedError) as exc:
+            raise KafkaAuthorizationError(explain(exc, self.settings) or str(exc)) from exc
+
+    async def _publish(self, topic: str, events: Iterable[Envelope]) -> int:
         codec, content_type = self.codec, self.content_type
         futures = [
             await self._producer.send(

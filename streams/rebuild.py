@@ -75,6 +75,7 @@ from .exceptions import (
     UnknownReadModelError,
 )
 from .failures import STATE_PREFIX, retry_topic
+from .kafka_clients import aiokafka_options
 from .projection import BatchContext, Projection
 from .rebuild_state import (
     ABORTED,
@@ -453,7 +454,7 @@ class RebuildManager:
     def reader(self, table: str) -> AIOKafkaConsumer:
         """The rebuild's own consumer of the source topics (no group, no commits)."""
         return AIOKafkaConsumer(
-            bootstrap_servers=self.engine.settings.bootstrap_servers,
+            **aiokafka_options(self.engine.settings),
             client_id=f"{self.engine.group_id}-rebuild-{table}",
             enable_auto_commit=False,
             auto_offset_reset="earliest",

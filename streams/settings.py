@@ -17,6 +17,14 @@ from typing import Any
 from schemas.limits import Limits
 
 from .exceptions import SettingsError
+from .kafka_security import (
+    MECHANISMS,
+    PROTOCOLS,
+    SECURITY_FIELDS,
+    KafkaSecurity,
+)
+from .kafka_security import parse_secret as _password
+from .kafka_security import parse_upper_choice as _upper_choice
 from .setting_types import (
     ALL_PROJECTIONS,
     PARSE,
@@ -49,6 +57,39 @@ class Settings:
 
     broker_url: str = setting("kafka://127.0.0.1:9092", _str)
     """EVENTIDE_BROKER_URL: Kafka bootstrap servers, ``kafka://host:port[;host:port]``."""
+
+    kafka_security_protocol: str = setting("PLAINTEXT", _upper_choice(*PROTOCOLS))
+    """EVENTIDE_KAFKA_SECURITY_PROTOCOL: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."""
+
+    kafka_sasl_mechanism: str = setting("SCRAM-SHA-512", _upper_choice(*MECHANISMS))
+    """EVENTIDE_KAFKA_SASL_MECHANISM: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (SASL_* only)."""
+
+    kafka_username: str = setting("", _prefix)
+    """EVENTIDE_KAFKA_USERNAME: the SASL user (SASL_PLAINTEXT and SASL_SSL need one)."""
+
+    kafka_password: Secret = setting(parse=_password, factory=lambda: Secret(""))
+    """EVENTIDE_KAFKA_PASSWORD: the SASL password; never printed or logged."""
+
+    kafka_password_file: str = setting("", _prefix)
+    """EVENTIDE_KAFKA_PASSWORD_FILE: a file holding the SASL password instead."""
+
+    kafka_ca_file: str = setting("", _prefix)
+    """EVENTIDE_KAFKA_CA_FILE: PEM CAs of the brokers' certificates (empty: the system's)."""
+
+    kafka_cert_file: str = setting("", _prefix)
+    """EVENTIDE_KAFKA_CERT_FILE: PEM client certificate for mutual TLS (with the key)."""
+
+    kafka_key_file: str = setting("", _prefix)
+    """EVENTIDE_KAFKA_KEY_FILE: PEM private key of the client certificate."""
+
+    kafka_key_password: Secret = setting(parse=_password, factory=lambda: Secret(""))
+    """EVENTIDE_KAFKA_KEY_PASSWORD: password of an encrypted client key; never printed."""
+
+    kafka_check_hostname: bool = setting(True, _bool)
+    """EVENTIDE_KAFKA_CHECK_HOSTNAME: the broker's certificate must name its host."""
+
+    kafka_connect_timeout: float = setting(10.0, _float(1, 300))
+    """EVENTIDE_KAFKA_CONNECT_TIMEOUT: seconds the start-up check waits for a broker."""
 
     app_id: str = setting("eventide", _str)
     """EVENTIDE_APP_ID: consumer group id and prefix of changelog topics."""
@@ -279,6 +320,7 @@ class Settings:
     def validate(self) -> None:
         """Check cross-field rules; raise :class:`SettingsError` naming the variable."""
         self.bootstrap_servers  # parses the URL  # noqa: B018
+        self.kafka_security.validate()
         if not self.app_id.replace("-", "").replace("_", "").replace(".", "").isalnum():
             raise SettingsError(
                 f"EVENTIDE_APP_ID={self.app_id!r}: use letters, digits, '.', '_' and '-' only"
@@ -293,6 +335,11 @@ class Settings:
     def bootstrap_servers(self) -> list[str]:
         """``host:port`` strings for Kafka clients, parsed from :attr:`broker_url`."""
         return parse_broker_url(self.broker_url)
+
+    @property
+    def kafka_security(self) -> KafkaSecurity:
+        """The TLS and SASL settings of every Kafka client (streams/kafka_clients.py)."""
+        return KafkaSecurity(**{k: getattr(self, name) for k, name in SECURITY_FIELDS.items()})
 
     @property
     def broker_port(self) -> int:

@@ -25,6 +25,7 @@ from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 from .catalogue import CATALOGUE, TopicSpec
 from .exceptions import BrokerError, TopicConfigError
 from .failures import dlq_topic, retry_topic
+from .kafka_clients import aiokafka_options
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -45,9 +46,7 @@ async def create_topics(settings: Settings, specs: Sequence[TopicSpec]) -> list[
     another partition count than ``settings.partitions``: tables
     are co-partitioned with their source topics, so that would misroute keys.
     """
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.bootstrap_servers, client_id=f"{settings.app_id}-admin"
-    )
+    admin = AIOKafkaAdminClient(**aiokafka_options(settings), client_id=f"{settings.app_id}-admin")
     try:
         await admin.start()
     except KafkaConnectionError as exc:

@@ -28,6 +28,7 @@ from aiokafka.structs import ConsumerRecord
 
 from .assignor import HostAwareRangeAssignor
 from .catalogue import TopicSpec
+from .kafka_clients import aiokafka_options
 from .outputs import BatchSender
 from .settings import Settings
 from .topics import create_topics
@@ -157,7 +158,7 @@ class KafkaReaders:
     def reader(self, purpose: str) -> AIOKafkaConsumer:
         """A consumer outside the group (manual assignment, no commits)."""
         return AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap_servers,
+            **aiokafka_options(self.settings),
             client_id=f"{self.group_id}-{purpose}",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -211,7 +212,7 @@ class KafkaTransport(KafkaReaders):
         if self.changelogs:
             await create_topics(settings, self.changelogs)
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=settings.bootstrap_servers,
+            **aiokafka_options(settings),
             client_id=f"{self.group_id}-producer",
             acks="all",
             enable_idempotence=True,
@@ -222,7 +223,7 @@ class KafkaTransport(KafkaReaders):
         await self.producer.start()
         self.sender = BatchSender(self.producer)
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers,
+            **aiokafka_options(settings),
             client_id=f"{self.group_id}-consumer",
             group_id=self.group_id,
             # Static membership: a restarted worker takes its partitions back

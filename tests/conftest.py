@@ -1,3 +1,8 @@
 """Shared fixtures; per-area fixture modules are loaded as plugins."""
 
-pytest_plugins = ["tests.fixtures.broker", "tests.fixtures.postgres", "tests.fixtures.worker"]
+pytest_plugins = [
+    "tests.fixtures.broker",
+    "tests.fixtures.postgres",
+    "tests.fixtures.secure_broker",
+    "tests.fixtures.worker",
+]

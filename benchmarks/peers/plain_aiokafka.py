@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer
 from schemas.codecs import EventCodec
 from schemas.exceptions import EventError
 from streams.catalogue import ORDER_EVENTS
+from streams.kafka_clients import aiokafka_options
 from streams.settings import Settings
 from tables.readmodels.orders import apply_order_event
 
@@ -30,7 +31,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> int:
     orders: dict[str, Any] = {}
     consumer = AIOKafkaConsumer(
         settings.topic(ORDER_EVENTS.name),
-        bootstrap_servers=settings.bootstrap_servers,
+        **aiokafka_options(settings),
         group_id=settings.app_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",

@@ -19,11 +19,13 @@ from typing import Any
 
 import orjson
 from quixstreams import Application, State
+from quixstreams.kafka.configuration import ConnectionConfig
 from quixstreams.models import TopicConfig
 
 from schemas.codecs import EventCodec
 from schemas.exceptions import EventError
 from streams.catalogue import ORDER_EVENTS
+from streams.kafka_clients import confluent_options
 from streams.settings import Settings
 from tables.readmodels.orders import apply_order_event
 
@@ -35,8 +37,12 @@ VIEWS_TOPIC = "quix-order-views"
 
 def create_quix_app(settings: Settings) -> Application:
     """A Quix Streams application projecting order-events into its state and a views topic."""
+    # Quix Streams takes librdkafka's settings: the same ones as Eventide's clients.
+    broker: str | ConnectionConfig = ",".join(settings.bootstrap_servers)
+    if settings.kafka_security.secured:
+        broker = ConnectionConfig.from_librdkafka_dict(confluent_options(settings))
     app = Application(
-        broker_address=",".join(settings.bootstrap_servers),
+        broker_address=broker,
         consumer_group=settings.app_id,
         auto_offset_reset="earliest",
         commit_interval=1.0,

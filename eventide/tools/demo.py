@@ -16,6 +16,7 @@ from schemas.envelope import Envelope, new_event
 from schemas.registry import Registry
 from streams.catalogue import ORDER_EVENTS, USER_EVENTS
 from streams.httpaccess import bearer
+from streams.kafka_clients import check_kafka
 from streams.keys import KafkaKeyStore, PersonalFields
 from streams.produce import EventPublisher
 from streams.settings import Settings
@@ -186,6 +187,11 @@ async def user_events(settings: Settings, customers: list[str]) -> list[Envelope
 async def publish_plan(settings: Settings, plan: DemoPlan) -> int:
     """Create the topics, publish a ``user.created`` per customer to ``user-events``
     and the plan's events to ``order-events``."""
+    await check_kafka(
+        settings,
+        topics=[settings.topic(ORDER_EVENTS.name), settings.topic(USER_EVENTS.name)],
+        purpose="eventide-demo",
+    )
     await ensure_topics(settings)
     users = await user_events(settings, customer_ids(plan))
     async with EventPublisher(settings) as publisher:

@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from schemas.codecs import EventCodec
 from streams.catalogue import CATALOGUE
 from streams.failures import DLQ_HEADERS, DLQ_SUFFIX
+from streams.kafka_clients import aiokafka_options, check_kafka
 from streams.settings import Settings
 
 from .history import decode_record
@@ -94,9 +95,8 @@ async def read_dead_letters(
     since: datetime | None = None,
 ) -> list[DeadLetter]:
     """Every record currently in the given DLQ topics (default: all), filtered."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False
-    )
+    await check_kafka(settings, topics=list(topics or ()), purpose="eventide-dlq")
+    consumer = AIOKafkaConsumer(**aiokafka_options(settings), enable_auto_commit=False)
     await consumer.start()
     found: list[DeadLetter] = []
     try:
@@ -140,9 +140,10 @@ async def replay(
     progress: Callable[[int], None] | None = None,
 ) -> int:
     """Send each record back to its origin topic; returns how many were sent."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers, acks="all", enable_idempotence=True
+    await check_kafka(
+        settings, topics=sorted({d.origin_topic for d in letters}), purpose="eventide-dlq"
     )
+    producer = AIOKafkaProducer(**aiokafka_options(settings), acks="all", enable_idempotence=True)
     await producer.start()
     try:
         for d in letters:

@@ -26,6 +26,7 @@ from schemas.envelope import Envelope
 from schemas.exceptions import EventError
 from streams.catalogue import ORDER_EVENTS, USER_EVENTS
 from streams.exceptions import BrokerError
+from streams.kafka_clients import aiokafka_options, check_kafka
 from streams.settings import Settings
 
 
@@ -67,9 +68,10 @@ async def entity_history(
     """
     codec = codec if codec is not None else EventCodec(limits=settings.limits)
     names = topics or [settings.topic(spec.name) for spec in (USER_EVENTS, ORDER_EVENTS)]
+    await check_kafka(settings, topics=names, purpose="eventide-history")
     key = entity_id.encode()
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
+        **aiokafka_options(settings),
         enable_auto_commit=False,
         client_id=f"{settings.app_id}-history",
     )
@@ -105,7 +107,7 @@ async def entity_history(
 
 
 async def _partition_counts(settings: Settings, topics: list[str]) -> dict[str, int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = AIOKafkaAdminClient(**aiokafka_options(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())

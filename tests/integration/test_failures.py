@@ -17,6 +17,7 @@ from eventide.tools.demo import fetch_json
 from eventide.tools.dlq import DeadLetter, read_dead_letters
 from schemas import EventCodec, new_event
 from streams.catalogue import ORDER_EVENTS
+from streams.kafka_clients import aiokafka_options
 from streams.outputs import KeyPartitioner
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -49,7 +50,7 @@ def shipped(order_id: str) -> Any:
 
 
 async def _send(settings: Settings, records: list[tuple[bytes, bytes | None, list]]) -> list:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+    producer = AIOKafkaProducer(**aiokafka_options(settings), acks="all")
     await producer.start()
     try:
         topic = settings.topic(ORDER_EVENTS.name)

@@ -20,6 +20,7 @@ from benchmarks.crash import publish_slowly, wait_drained
 from benchmarks.workload import Workload, make_workload
 from schemas.codecs import EventCodec
 from streams.catalogue import ORDER_EVENTS, USER_EVENTS, key_of
+from streams.kafka_clients import aiokafka_options
 from streams.outputs import KeyPartitioner
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -133,7 +134,7 @@ def publish_steadily(
         codec = EventCodec()
         partition = KeyPartitioner(settings.partitions)
         producer = AIOKafkaProducer(
-            bootstrap_servers=settings.bootstrap_servers, acks="all", enable_idempotence=True
+            **aiokafka_options(settings), acks="all", enable_idempotence=True
         )
         await producer.start()
         try:

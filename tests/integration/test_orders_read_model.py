@@ -16,6 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from eventide.tools.demo import DemoPlan, fetch_json, plan_orders, publish_plan
 from schemas import new_event
 from streams.catalogue import ORDER_EVENTS
+from streams.kafka_clients import aiokafka_options
 from streams.settings import Settings
 from tables.readmodels.orders import apply_order_event
 
@@ -65,7 +66,7 @@ def test_events_become_read_models_served_over_http(make_settings, worker_factor
 
 
 async def _send_raw(settings: Settings, records: list[tuple[bytes | None, bytes | None]]):
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+    producer = AIOKafkaProducer(**aiokafka_options(settings))
     await producer.start()
     try:
         topic = settings.topic(ORDER_EVENTS.name)
@@ -122,14 +123,14 @@ def test_bad_records_are_logged_with_offset_and_skipped(make_settings, worker_fa
 
 
 async def _committed_and_end_offsets(settings: Settings) -> tuple[dict, dict]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = AIOKafkaAdminClient(**aiokafka_options(settings))
     await admin.start()
     try:
         committed = await admin.list_consumer_group_offsets(settings.projection_group)
     finally:
         await admin.close()
     topic = settings.topic(ORDER_EVENTS.name)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
+    consumer = AIOKafkaConsumer(**aiokafka_options(settings))
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in range(settings.partitions)]

@@ -11,19 +11,20 @@ from confluent_kafka.admin import NewTopic as ConfluentTopic
 
 from streams.confluent_sender import ConfluentSender
 from streams.exceptions import DeliveryError
+from streams.kafka_clients import aiokafka_options, confluent_options
 from streams.outputs import BatchSender
 
 pytestmark = pytest.mark.integration
 
 
 async def _send_and_read_back(settings, topic: str, records: int) -> tuple[dict, list]:
-    servers = settings.bootstrap_servers
-    admin = AIOKafkaAdminClient(bootstrap_servers=servers)
+    servers = aiokafka_options(settings)
+    admin = AIOKafkaAdminClient(**servers)
     await admin.start()
     await admin.create_topics([NewTopic(topic, 2, 1)])
     await admin.close()
     producer = AIOKafkaProducer(
-        bootstrap_servers=servers, acks="all", enable_idempotence=True, max_batch_size=16 * 1024
+        **servers, acks="all", enable_idempotence=True, max_batch_size=16 * 1024
     )
     await producer.start()
     try:
@@ -33,7 +34,7 @@ async def _send_and_read_back(settings, topic: str, records: int) -> tuple[dict,
         last = await sender.flush()
     finally:
         await producer.stop()
-    consumer = AIOKafkaConsumer(bootstrap_servers=servers, auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(**servers, auto_offset_reset="earliest")
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in (0, 1)]
@@ -59,7 +60,7 @@ def test_full_batches_are_sent_in_order_with_the_last_offsets(make_settings):
 
 
 async def _confluent_send(settings, topic: str, records: int, config: dict | None = None):
-    admin = AdminClient({"bootstrap.servers": ",".join(settings.bootstrap_servers)})
+    admin = AdminClient(confluent_options(settings))
     admin.create_topics([ConfluentTopic(topic, 2, 1, config=config or {})])[topic].result()
     sender = ConfluentSender.create(settings, "test-sender")
     try:
@@ -84,9 +85,7 @@ async def test_confluent_sender_acks_in_order_and_fails_the_batch_of_a_rejected_
     assert last == {(topic, 0): 999, (topic, 1): 999}
     with pytest.raises(DeliveryError, match="Message size too large"):
         await acks.acknowledged()
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers, auto_offset_reset="earliest"
-    )
+    consumer = AIOKafkaConsumer(**aiokafka_options(settings), auto_offset_reset="earliest")
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in (0, 1)]

@@ -26,6 +26,7 @@ from eventide.tools.rebuild_client import request_json
 from schemas.codecs import EventCodec
 from streams.catalogue import ORDER_EVENTS, USER_EVENTS, changelog_spec
 from streams.engine import ProjectionEngine
+from streams.kafka_clients import aiokafka_options
 from streams.outputs import KeyPartitioner
 from streams.rebuild import RebuildManager
 from streams.settings import Settings
@@ -56,7 +57,7 @@ async def _corrupt(settings: Settings, table: str, docs: dict[str, dict[str, Any
     spec = next(p.spec for p in PROJECTIONS if p.spec.name == table)
     topic = settings.topic(changelog_spec(settings, table, spec.changelog).name)
     partition = KeyPartitioner(settings.partitions)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+    producer = AIOKafkaProducer(**aiokafka_options(settings), acks="all")
     await producer.start()
     try:
         for key, doc in docs.items():
@@ -70,7 +71,7 @@ async def _corrupt(settings: Settings, table: str, docs: dict[str, dict[str, Any
 
 async def _retention(settings: Settings, name: str) -> str:
     """The topic's retention.ms (waits until the broker describes a new topic)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = AIOKafkaAdminClient(**aiokafka_options(settings))
     await admin.start()
     try:
         for _ in range(100):
@@ -245,7 +246,7 @@ async def test_a_rebalance_aborts_a_rebuild_and_leaves_the_live_model_alone(make
 
 async def test_an_event_topic_that_deletes_history_is_reported_not_changed(make_settings, caplog):
     settings = make_settings()
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = AIOKafkaAdminClient(**aiokafka_options(settings))
     await admin.start()
     try:  # created before Eventide set retention.ms=-1: the broker's 7 days
         await admin.create_topics([NewTopic(settings.topic(ORDER_EVENTS.name), 4, 1)])

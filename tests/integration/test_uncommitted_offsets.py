@@ -19,6 +19,7 @@ from aiokafka.structs import OffsetAndMetadata
 from benchmarks.crash import audit, lag, wait_drained
 from benchmarks.workload import expected_state, make_workload, publish
 from streams.catalogue import CUSTOMER_FACTS, ORDER_EVENTS, USER_EVENTS
+from streams.kafka_clients import aiokafka_options
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
@@ -45,7 +46,7 @@ async def _rewind_group(settings: Settings, timeout: float = 60.0) -> None:
 async def _commit_zero(settings: Settings) -> None:
     topics = [settings.topic(t.name) for t in (ORDER_EVENTS, USER_EVENTS, CUSTOMER_FACTS)]
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
+        **aiokafka_options(settings),
         group_id=settings.projection_group,
         enable_auto_commit=False,
     )

@@ -21,6 +21,7 @@ from api.store import OutboxStore, store_for
 from schemas.codecs import EventCodec
 from schemas.envelope import Envelope
 from streams.catalogue import ORDER_EVENTS, USER_EVENTS
+from streams.kafka_clients import aiokafka_options
 from streams.settings import Settings
 from tests.fixtures.broker import free_port
 from tests.fixtures.worker import ChildProcess, settings_env
@@ -165,9 +166,7 @@ async def read_topics(settings: Settings) -> list[Envelope]:
     """Every event on the user and order topics, up to their current end, in log order
     per partition."""
     topics = [settings.topic(USER_EVENTS.name), settings.topic(ORDER_EVENTS.name)]
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False
-    )
+    consumer = AIOKafkaConsumer(**aiokafka_options(settings), enable_auto_commit=False)
     await consumer.start()
     try:
         tps = [TopicPartition(t, p) for t in topics for p in range(settings.partitions)]

@@ -50,7 +50,9 @@ def test_served_api_refuses_big_heads_and_audits_commands(make_settings, process
     assert plain.status_code == 415
     nul = httpx.post(f"{api.url}/users", json={**USER, "name": "x\u0000y"}, headers=auth)
     assert nul.status_code == 422 and nul.json()["errors"][0]["field"] == "name"
-    ok = httpx.post(f"{api.url}/users", json=USER, headers={**auth, "X-Correlation-Id": "c-42"})
+    ok = httpx.post(  # the first user also publishes its data key to Kafka
+        f"{api.url}/users", json=USER, headers={**auth, "X-Correlation-Id": "c-42"}, timeout=60
+    )
     assert ok.status_code == 201
     api.stop()
     log = api.output()
