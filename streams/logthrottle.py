@@ -19,8 +19,16 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-THROTTLED_LOGGERS = ("aiokafka", "kafka", "faust.transport")
-"""Prefixes of the loggers whose lines are throttled (the Kafka clients)."""
+THROTTLED_LOGGERS = (
+    "aiokafka",
+    "kafka",
+    "faust.transport",
+    "streams.rdkafka",
+    "streams.confluent_consumer",
+    "streams.confluent_sender",
+)
+"""Prefixes of the loggers whose lines are throttled: the Kafka clients (aiokafka,
+Faust's driver, librdkafka's log and error callbacks of the confluent client)."""
 
 MAX_CAUSES = 1000
 """Causes remembered at most (a message formatted before logging makes one per line)."""

@@ -15,6 +15,7 @@ from eventide.tools.demo import fetch_json
 from streams.catalogue import ORDER_EVENTS
 from streams.settings import Settings
 from streams.topics import ensure_topics
+from tests.fixtures.broker import start_private
 from tests.integration.test_failures import CODEC, order, placed
 
 pytestmark = pytest.mark.integration
@@ -94,7 +95,7 @@ def test_broker_outage_is_reported_logged_sparingly_and_loses_nothing(
     devbroker.stop(private_kafka)
     down = time.monotonic()
     time.sleep(8.0)
-    devbroker.start(private_kafka)  # back once it answers: an outage of ~15-30 s
+    start_private(private_kafka)  # back once it answers: an outage of ~15-30 s
     outage = time.monotonic() - down
     acked_before = len(trickle.acked)
     log_growth = worker.log.stat().st_size - log_before
