@@ -14,6 +14,7 @@ from schemas.codecs import EventCodec
 from schemas.exceptions import DecodeError, ValidationError
 from schemas.personal import personal_fields
 from streams.catalogue import CUSTOMER_FACTS, USER_EVENTS
+from streams.exceptions import RecordKeyError
 from streams.projection import BatchContext, Projection, Query, projection
 from streams.settings import Settings
 from tables.readmodels.customers import (
@@ -51,18 +52,24 @@ class CustomersProjection(Projection):
         if envelope.name not in USER_EVENT_NAMES:
             raise ValidationError("name", "user.created", envelope.name)
         user_id = envelope.data.get("userId")
-        key = user_id.encode() if isinstance(user_id, str) and user_id else None
-        if key is not None and record.key is not None and record.key != key:
-            raise ValidationError("key", f'the user id "{user_id}"', record.key)
-        doc = apply_user_created(ctx.tx.get(key) if key else None, envelope)
-        ctx.tx.set(doc["customerId"].encode(), doc)
+        if not isinstance(user_id, str) or not user_id:
+            apply_user_created(None, envelope)  # raises, naming the missing field
+            return
+        key = user_id.encode()
+        if record.key != key:  # no key, or another entity's
+            raise RecordKeyError(record.key, user_id, "userId")
+        doc = apply_user_created(ctx.tx.get(key), envelope)
+        ctx.tx.set(key, doc)
 
     def _apply_fact(self, ctx: BatchContext, record: Any) -> None:
         try:
             fact = orjson.loads(record.value)
         except orjson.JSONDecodeError as exc:
             raise DecodeError(f"customer fact is not valid JSON: {exc}") from exc
-        key = fact["customerId"].encode()
+        customer_id = fact["customerId"]
+        key = customer_id.encode()
+        if record.key != key:
+            raise RecordKeyError(record.key, customer_id, "customerId")
         entry_key = order_key(fact["orderId"])
         tx = ctx.tx
         doc = tx.get(key)

@@ -40,7 +40,8 @@ from typing import Any
 from schemas.codecs import EventCodec
 from schemas.exceptions import PersonalDataError
 from schemas.personal import personal_fields
-from streams.catalogue import ORDER_EVENTS, USER_EVENTS
+from streams.catalogue import KEY_FIELDS, ORDER_EVENTS, USER_EVENTS
+from streams.exceptions import RecordKeyError
 from streams.projection import BatchContext, Projection, projection
 from streams.settings import Settings
 from streams.sinks import (
@@ -65,6 +66,8 @@ logger = logging.getLogger(__name__)
 _QUEUE = "_notifications"
 """Attribute of a :class:`BatchContext` holding the batch's queued notifications."""
 _NOTIFYING = frozenset(name.encode() for name in KINDS)
+_KEY_FIELDS = {name: KEY_FIELDS[name.split(".", 1)[0]] for name in KINDS}
+"""Event name → the data field its Kafka key must be (``orderId``, ``userId``)."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,9 @@ class NotificationsProjection(Projection):
         notification = notification_for(self.codec.decode(record.value, record.headers))
         if notification is None:
             return
+        entity_id = notification.entity_id
+        if record.key != entity_id.encode():  # no key, or another entity's: never sent
+            raise RecordKeyError(record.key, entity_id, _KEY_FIELDS[notification.event_name])
         key = dedupe_key(notification)
         queue: dict[bytes, _Queued] = vars(ctx).setdefault(_QUEUE, {})
         if key in queue or ctx.tx.get(key) is not None:

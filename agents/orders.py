@@ -1,6 +1,7 @@
 """The orders projection: ``order-events`` → the ``orders`` table.
 
-Per record: decode the envelope, check it is keyed by its orderId, apply it
+Per record: decode the envelope, check it is keyed by its orderId (a record
+with no key or another key is dead-lettered: :class:`RecordKeyError`), apply it
 to the order's view (tables/readmodels/orders.py) and, when the
 customer-relevant part changed, emit a customer fact to ``customer-facts``.
 The table's changelog is ``order-views``: each batch's changed views are
@@ -14,8 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 from schemas.codecs import EventCodec
-from schemas.exceptions import ValidationError
 from streams.catalogue import CUSTOMER_FACTS, ORDER_EVENTS, ORDER_VIEWS
+from streams.exceptions import RecordKeyError
 from streams.projection import BatchContext, Projection, Query, projection
 from streams.settings import Settings
 from tables.readmodels.customers import fact_changed, order_fact
@@ -44,10 +45,8 @@ class OrdersProjection(Projection):
             apply_order_event(None, envelope)
             return
         key = order_id.encode()
-        if record.key is not None and record.key != key:
-            raise ValidationError(
-                "key", f'the order id "{order_id}" (events are keyed by orderId)', record.key
-            )
+        if record.key != key:  # no key, or another entity's: its partition does not own it
+            raise RecordKeyError(record.key, order_id, "orderId")
         current = ctx.tx.get(key)
         doc = apply_order_event(current, envelope)
         if doc is None:

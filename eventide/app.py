@@ -17,13 +17,18 @@ from agents import PROJECTIONS
 from schemas.codecs import EventCodec
 from streams.engine import ProjectionEngine
 from streams.exceptions import SettingsError
+from streams.health import LagRefresher, WorkerHealth
 from streams.httpaccess import AccessPolicy
 from streams.kafka_clients import faust_credentials
 from streams.keys import KafkaKeyStore, KeyRingService
+from streams.logthrottle import install_log_throttle
 from streams.projection import Projection
 from streams.rebuild import RebuildManager
 from streams.settings import Settings
 from streams.views import register_views, web_application_options
+
+LOG_THROTTLE_SECONDS = 10.0
+"""Interval of the Kafka clients' log throttle: one line per cause per interval."""
 
 
 @dataclass(frozen=True)
@@ -112,15 +117,26 @@ def create_app(settings: Settings) -> EventideApp:
 
     @app.task
     async def start_projections() -> None:
+        # A lost broker makes the Kafka clients log the same error thousands of
+        # times a second: one line per cause per 10 s (after the worker's logging
+        # is set up, on the clients' loggers only).
+        install_log_throttle(LOG_THROTTLE_SECONDS)
         # Started and stopped with the app, after its web server is up.
         await app.add_runtime_dependency(KeyRingService(keys, loop=app.loop))
         await app.add_runtime_dependency(engine)
 
-    @app.timer(settings.metrics_interval)
+    # /health: degraded while the broker does not answer the lag refresh (a
+    # ListOffsets request) for a few intervals, or the engine does not poll.
+    interval = settings.metrics_interval
+    health = WorkerHealth(engine, stale_after=max(3 * interval, 6.0))
+    lag = LagRefresher(engine, health, interval)
+
+    @app.task
     async def refresh_consumer_lag() -> None:
-        # Log end offsets from the broker, so lag grows even when nothing is fetched.
-        await engine.metrics.refresh_lag(engine.consumer)
+        # Log end offsets from the broker, so lag grows even when nothing is fetched;
+        # a refresh still running when the next is due is skipped, never overlapped.
+        await lag.run()
 
     rebuilds = RebuildManager(engine)
-    register_views(app, engine, rebuilds, declared=PROJECTIONS)
+    register_views(app, engine, rebuilds, declared=PROJECTIONS, health=health)
     return EventideApp(app=app, settings=settings, engine=engine, rebuilds=rebuilds)

@@ -10,6 +10,7 @@ from .exceptions import (
     KafkaAuthorizationError,
     KafkaSecurityError,
     RebuildError,
+    RecordKeyError,
     SettingsError,
     TopicConfigError,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "KafkaSecurity",
     "KafkaSecurityError",
     "RebuildError",
+    "RecordKeyError",
     "Secret",
     "SecretText",
     "SecretUrl",

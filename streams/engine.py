@@ -62,6 +62,7 @@ from .catalogue import TopicSpec, changelog_spec
 from .checkpoint import Batch, BatchCommit
 from .confluent_transport import ConfluentTransport
 from .failures import FailureRouter, Outcome, RetryPolicy, retry_topic
+from .healing import StoreHealer
 from .metrics import EngineMetrics
 from .outputs import KeyPartitioner
 from .pipeline import BatchPipeline
@@ -147,6 +148,9 @@ class ProjectionEngine(Service):
         )
         self.standbys = StandbyReplicas(self)
         """Warm copies of partitions other workers own (EVENTIDE_STANDBY_REPLICAS)."""
+        self.healer = StoreHealer(self)
+        """Opens and restores table partitions; retries those that failed."""
+        self.polled = time.monotonic()  # when the engine last polled its consumer
         self._lock = asyncio.Lock()
         self._uncommitted: dict[TopicPartition, int] = {}
         self._to_commit: dict[TopicPartition, int] = {}
@@ -226,6 +230,7 @@ class ProjectionEngine(Service):
         wait_ms = self.settings.batch_max_wait_ms
         max_records = self.settings.batch_max_records
         while not self.should_stop:
+            self.polled = time.monotonic()  # /health: the consumer is polled (streams/health.py)
             batch = await consumer.getmany(timeout_ms=wait_ms, max_records=max_records)
             async with self._lock:
                 if batch:
@@ -275,8 +280,10 @@ class ProjectionEngine(Service):
     def count_outcome(self, table: str, topic: str, outcome: Outcome) -> int:
         """Count a record that was not simply applied; 1 if it was invalid input."""
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
-        if outcome is Outcome.INVALID:
-            self.metrics.dead_letter(table, topic, "invalid")
+        if outcome is Outcome.INVALID or outcome is Outcome.BAD_KEY:
+            self.metrics.dead_letter(
+                table, topic, "invalid" if outcome is Outcome.INVALID else "key"
+            )
             return 1
         if outcome is Outcome.RETRIED:
             self.metrics.retried(table, topic)
@@ -390,6 +397,7 @@ class ProjectionEngine(Service):
             self.metrics.revoked(revoked)
             for tp in revoked:
                 for projection in self.by_topic.get(tp.topic, ()):
+                    self.healer.failed.pop((projection.table, tp.partition), None)
                     store = self.stores.pop((projection.table, tp.partition), None)
                     if store is not None:
                         store.close()
@@ -406,23 +414,14 @@ class ProjectionEngine(Service):
                 {(p.table, tp.partition) for tp in assigned for p in self.by_topic[tp.topic]}
             ):
                 if (table, partition) not in self.stores:
-                    store = self.standbys.take(table, partition) or PartitionStore(
-                        self.store_path(table, partition), self.rocksdb
-                    )
-                    restored += await self.recover(table, partition, store)
-                    self.stores[(table, partition)] = store
+                    # A damaged store is moved aside and restored; one that cannot be
+                    # restored is retried in the background (streams/healing.py).
+                    store, count = await self.healer.open(table, partition)
+                    if store is not None:
+                        self.stores[(table, partition)] = store
+                        restored += count
             for tp in assigned:
-                applied = min(
-                    self.stores[(p.table, tp.partition)].offset(tp.topic)
-                    for p in self.by_topic[tp.topic]
-                )
-                committed = await consumer.committed(tp)
-                position = max(applied + 1, committed or 0)
-                consumer.seek(tp, position)
-                if position > (committed or 0):
-                    # Applied but not committed (a crash between the two): commit it
-                    # with the next batch, or at once if nothing new arrives.
-                    self._uncommitted[tp] = position
+                await self.seek_applied(consumer, tp)
             self.ready = True
             elapsed = time.monotonic() - started
             logger.info(
@@ -432,6 +431,27 @@ class ProjectionEngine(Service):
                 elapsed,
             )
             self.metrics.assigned(len(assigned), restored, elapsed)
+
+    async def seek_applied(self, consumer: Consumer, tp: TopicPartition) -> bool:
+        """Seek ``tp`` past the offsets its stores applied; pause it (False) while
+        one of them cannot be served."""
+        stores = [self.stores.get((p.table, tp.partition)) for p in self.by_topic[tp.topic]]
+        if None in stores:
+            consumer.pause(tp)
+            return False
+        applied = min(store.offset(tp.topic) for store in stores if store is not None)
+        committed = await consumer.committed(tp)
+        position = max(applied + 1, committed or 0)
+        consumer.seek(tp, position)
+        if position > (committed or 0):
+            # Applied but not committed (a crash between the two): commit it
+            # with the next batch, or at once if nothing new arrives.
+            self._uncommitted[tp] = position
+        return True
+
+    @Service.task
+    async def _heal_failed_partitions(self) -> None:
+        await self.healer.run()
 
     async def _notify_rebalance(self, reason: str) -> None:
         for listener in self.rebalance_listeners:

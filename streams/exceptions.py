@@ -9,7 +9,7 @@ carries an HTTP status: the worker's views map them at their edge.
 
 from __future__ import annotations
 
-from schemas.exceptions import EventideError
+from schemas.exceptions import EventideError, ValidationError
 
 
 class SettingsError(EventideError):
@@ -63,3 +63,16 @@ class RebuildUnavailableError(RebuildError):
     """The worker cannot start a rebuild now (partitions are being assigned)."""
 
     retriable = True
+
+
+class RecordKeyError(ValidationError):
+    """A record's Kafka key is missing or is not the id of the entity its event is
+    about (DESIGN.md: ``orderId`` for ``order.*``, ``userId`` for ``user.*``,
+    ``customerId`` for customer facts). Dead-lettered, never applied: a record
+    under the wrong key lands on a partition that does not own its entity."""
+
+    def __init__(self, found: bytes | None, entity_id: str, field: str) -> None:
+        noun = field[:-2] + " id" if field.endswith("Id") else field
+        super().__init__("key", f'the {noun} "{entity_id}" (events are keyed by {field})', found)
+        if found is None:  # say "no key" rather than "None"
+            self.args = (str(self).rsplit(", got ", 1)[0] + ", got no key",)

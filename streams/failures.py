@@ -4,7 +4,10 @@ Every source topic ``T`` has ``T.retry`` and ``T.dlq`` (same partitions, same
 keys). Per record:
 
 - a decode or validation error (:class:`~schemas.exceptions.EventError`) sends
-  the record to ``T.dlq`` at once: retrying cannot help;
+  the record to ``T.dlq`` at once: retrying cannot help. So does a record with
+  no Kafka key or a key that is not its event's entity id, which every
+  projection checks (:class:`~streams.exceptions.RecordKeyError`): applied, it
+  would land in a partition that does not own the entity;
 - any other exception from a projection (a *handler failure*) sends it to
   ``T.retry`` with attempt 1 and a not-before time (exponential backoff with
   jitter); the engine consumes ``T.retry`` like ``T`` but holds each record
@@ -39,6 +42,8 @@ from enum import StrEnum
 from typing import Any, NamedTuple
 
 from schemas.exceptions import EventError
+
+from .exceptions import RecordKeyError
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +162,8 @@ class Outcome(StrEnum):
 
     APPLIED = "applied"
     INVALID = "dead_lettered_invalid"
+    BAD_KEY = "dead_lettered_key"
+    """No Kafka key, or not the entity id of the event (:class:`RecordKeyError`)."""
     DEAD = "dead_lettered"
     RETRIED = "retried"
     PARKED = "parked"
@@ -206,7 +213,7 @@ class FailureRouter:
             return Outcome.APPLIED
         except EventError as exc:
             self.dead_letter(ctx, record, exc, attempts=0, first=self.now_ms())
-            return Outcome.INVALID
+            return Outcome.BAD_KEY if isinstance(exc, RecordKeyError) else Outcome.INVALID
         except Exception as exc:
             return self.failed(projection, ctx, record, exc)
 
@@ -260,7 +267,7 @@ class FailureRouter:
             outcome = Outcome.APPLIED
         except EventError as exc:
             self.dead_letter(ctx, origin, exc, attempts=meta.attempt, first=meta.first_failure)
-            outcome = Outcome.INVALID
+            outcome = Outcome.BAD_KEY if isinstance(exc, RecordKeyError) else Outcome.INVALID
         except Exception as exc:
             return self.retry_failed(projection, ctx, origin, meta, exc)
         if state is not None and key is not None:

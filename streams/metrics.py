@@ -120,7 +120,8 @@ class EngineMetrics:
         )
         self.dead_lettered = Counter(
             "eventide_dead_lettered",
-            "Events sent to a dead-letter topic, by reason (invalid input, retries exhausted).",
+            "Events sent to a dead-letter topic, by reason: invalid (bad input), key (no "
+            "Kafka key, or not the event's entity id), exhausted (retries exhausted).",
             ["projection", "topic", "reason"],
             registry=r,
         )
@@ -246,7 +247,7 @@ class EngineMetrics:
         self.retries.labels(projection, topic).inc()
 
     def dead_letter(self, projection: str, topic: str, reason: str) -> None:
-        """One event sent to its dead-letter topic (``reason``: invalid, exhausted)."""
+        """One event sent to its dead-letter topic (``reason``: invalid, key, exhausted)."""
         self.dead_lettered.labels(projection, topic, reason).inc()
 
     # -- background refresh ---------------------------------------------------
@@ -255,23 +256,21 @@ class EngineMetrics:
         """Set the lag of every assigned partition from the broker's log end offsets.
 
         Uses a ListOffsets request (``end_offsets``), so the lag keeps growing
-        while the consumer is paused or stuck and fetches nothing.
+        while the consumer is paused or stuck and fetches nothing. Raises what
+        the request raised (the broker is unreachable, or a rebalance is in
+        progress): the caller (streams/health.py) counts it as a failed probe.
         """
         if consumer is None:
             return
         assignment = sorted(consumer.assignment())
         if not assignment:
             return
-        try:
-            ends = await consumer.end_offsets(assignment)
-            for tp in assignment:
-                done = self._committed.get(tp)
-                if done is None:
-                    done = await consumer.position(tp)
-                self.lag.labels(tp.topic, str(tp.partition)).set(max(0, ends[tp] - done))
-        except Exception as exc:  # a rebalance in progress: try again next time
-            logger.debug("lag refresh skipped: %s: %s", type(exc).__name__, exc)
-            return
+        ends = await consumer.end_offsets(assignment)
+        for tp in assignment:
+            done = self._committed.get(tp)
+            if done is None:
+                done = await consumer.position(tp)
+            self.lag.labels(tp.topic, str(tp.partition)).set(max(0, ends[tp] - done))
         self.lag_refreshed.set(time.time())
 
     def exposition(self) -> bytes:

@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from tables.changelog import CHANGELOG, apply_changelog
 from tables.store import PartitionStore
 
+from .healing import open_store
 from .transport import KafkaReaders
 
 if TYPE_CHECKING:
@@ -105,7 +106,7 @@ class StandbyReplicas:
                 store.close()
         for key in added:
             if key not in engine.stores and key not in self.stores:
-                self.stores[key] = PartitionStore(engine.store_path(*key), engine.rocksdb)
+                self.stores[key] = open_store(engine.store_path(*key), engine.rocksdb)
         tps = {TopicPartition(engine.changelog_topic(t), p): (t, p) for t, p in self.stores}
         reader.assign(list(tps))
         for tp, key in tps.items():

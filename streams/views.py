@@ -37,6 +37,7 @@ from .exceptions import (
     RebuildUnavailableError,
     UnknownReadModelError,
 )
+from .health import WorkerHealth
 from .httpaccess import ANONYMOUS, AccessPolicy, Principal, Refusal, audit, correlation_id
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .projection import Projection, Query
@@ -138,8 +139,13 @@ def register_views(
     engine: ProjectionEngine,
     rebuilds: RebuildManager | None = None,
     declared: Iterable[type[Projection]] = (),
+    health: WorkerHealth | None = None,
 ) -> None:
     """Add the query views and ``GET /health`` to the app's web server.
+
+    ``health`` answers ``/health`` (by default one without a broker probe: ready
+    once partitions are assigned, degraded while a table partition cannot be
+    restored).
 
     Every declared projection with a :class:`~streams.projection.Query` gets
     ``GET /<path>/{id}``, served by the engine when this worker runs it (404
@@ -176,24 +182,21 @@ def register_views(
         if cls.spec.query is not None:
             _register_query(app, query, cls.spec.name, cls.spec.query)
 
-    _register_status(app, engine)
+    if health is None:
+        health = WorkerHealth(engine, stale_after=float("inf"))
+    _register_status(app, engine, health)
     if rebuilds is not None:
         _register_rebuild(app, rebuilds)
     if engine.settings.admin_endpoints:
         _register_admin(app, engine)
 
 
-def _register_status(app: faust.App, engine: ProjectionEngine) -> None:
+def _register_status(app: faust.App, engine: ProjectionEngine, health: WorkerHealth) -> None:
     @app.page("/health")
     class Health(View):
         async def get(self, request: Request) -> Response:
-            body = {
-                "status": "ready" if engine.ready else "starting",
-                "partitions": sorted(f"{t}[{p}]" for t, p in engine.stores),
-                "standbys": sorted(f"{t}[{p}]" for t, p in engine.standby_stores),
-                "eventsProcessed": engine.events_processed,
-            }
-            return self.json(body, status=200 if engine.ready else 503)
+            status, body = health.status()  # ready, starting or degraded (streams/health.py)
+            return self.json(body, status=status)
 
     @app.page("/metrics")
     class Metrics(View):

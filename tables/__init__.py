@@ -2,7 +2,13 @@
 partition store, its transactions and the changelog format."""
 
 from .changelog import CHANGELOG, OFFSETS_KEY, apply_changelog
-from .exceptions import StateError, TransactionStateError
+from .exceptions import (
+    StateError,
+    StoreDamagedError,
+    StoreError,
+    StoreLockedError,
+    TransactionStateError,
+)
 from .store import PartitionStore, RocksDBOptions
 from .transaction import Transaction, TransactionStatus
 
@@ -12,6 +18,9 @@ __all__ = [
     "PartitionStore",
     "RocksDBOptions",
     "StateError",
+    "StoreDamagedError",
+    "StoreError",
+    "StoreLockedError",
     "Transaction",
     "TransactionStateError",
     "TransactionStatus",

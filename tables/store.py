@@ -24,6 +24,16 @@ import orjson
 from rocksdict import Options, Rdict, WriteBatch
 
 from .changelog import META_PREFIX, OFFSETS_KEY
+from .exceptions import StoreDamagedError, StoreError, StoreLockedError
+
+
+def store_error(path: Path, exc: BaseException) -> StoreError:
+    """The error to raise for RocksDB's ``exc`` on the store at ``path``: locked by
+    another process, or damaged (anything else: restore it from the changelog)."""
+    reason = str(exc).strip() or type(exc).__name__
+    if "lock" in reason.lower() and "corruption" not in reason.lower():
+        return StoreLockedError(f"table partition {path} is locked by another process: {reason}")
+    return StoreDamagedError(f"table partition {path} cannot be opened: {reason}")
 
 
 @dataclass(frozen=True)
@@ -51,11 +61,24 @@ class PartitionStore:
     """The local RocksDB of one partition of one table."""
 
     def __init__(self, path: Path, options: RocksDBOptions | None = None) -> None:
+        """Open (or create) the store at ``path``.
+
+        Raises :class:`~tables.exceptions.StoreDamagedError` when RocksDB finds
+        its files damaged and :class:`~tables.exceptions.StoreLockedError` when
+        another process holds them.
+        """
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = Rdict(str(path), (options or RocksDBOptions()).to_options())
-        raw = self._db.get(OFFSETS_KEY)
-        self._offsets: dict[str, int] = orjson.loads(raw) if raw else {}
+        try:
+            self._db = Rdict(str(path), (options or RocksDBOptions()).to_options())
+        except Exception as exc:  # rocksdict raises a bare Exception("Corruption: ...")
+            raise store_error(path, exc) from exc
+        try:
+            raw = self._db.get(OFFSETS_KEY)
+            self._offsets: dict[str, int] = orjson.loads(raw) if raw else {}
+        except Exception as exc:
+            self._db.close()
+            raise store_error(path, exc) from exc
         self._prefixes: dict[bytes, bool] = {}
         """Metadata prefix → whether some stored key starts with it (see :meth:`has_prefix`)."""
 

@@ -115,7 +115,7 @@ def test_bad_records_are_logged_with_offset_and_skipped(make_settings, worker_fa
             "ValidationError: data.customerId: expected a value (required field), got nothing",
         ),
         (sent[2], "DecodeError: empty record"),
-        (sent[4], 'ValidationError: key: expected the order id "o-2"'),
+        (sent[4], 'RecordKeyError: key: expected the order id "o-2"'),
     ]:
         assert f"skipped bad record {topic}[{meta.partition}]@{meta.offset}: {reason}" in log
     assert fetch_json(f"{settings.web_url}/orders/o-2")[0] == 404

@@ -10,6 +10,7 @@ import pytest
 from agents.customers import CustomersProjection
 from schemas.codecs import CONTENT_TYPE_AVRO, EventCodec
 from schemas.envelope import new_event
+from streams.exceptions import RecordKeyError
 from streams.keys import PersonalFields
 from streams.projection import BatchContext
 from streams.settings import Settings
@@ -45,7 +46,9 @@ def apply_all(projection, store, facts, commit_every=3):
     """Feed facts as records, committing a batch every few records."""
     tx = Transaction(store)
     for n, f in enumerate(facts, 1):
-        record = SimpleNamespace(topic=projection.facts_topic, value=orjson.dumps(f), key=None)
+        record = SimpleNamespace(
+            topic=projection.facts_topic, value=orjson.dumps(f), key=f["customerId"].encode()
+        )
         projection.apply(BatchContext(tx), record)
         if n % commit_every == 0:
             tx.commit()
@@ -170,3 +173,20 @@ async def test_personal_fields_are_stored_encrypted_and_shredded_by_forget(proje
         "createdAt": created.timestamp,
         "forgotten": True,
     }
+
+
+@pytest.mark.parametrize("key", [None, b"c-2"])
+def test_a_fact_or_user_event_not_keyed_by_its_customer_is_refused(projection, store, key):
+    tx = Transaction(store)
+    facts = SimpleNamespace(
+        topic=projection.facts_topic, value=orjson.dumps(fact("o-1", 1, placed="t")), key=key
+    )
+    with pytest.raises(RecordKeyError, match='expected the customer id "c-1"'):
+        projection.apply(BatchContext(tx), facts)
+    user = new_event("user.created", {"userId": "c-1", "email": "a@b.c", "name": "A"})
+    created = SimpleNamespace(
+        topic=projection.users_topic, value=EventCodec().encode_json(user), key=key, headers=()
+    )
+    with pytest.raises(RecordKeyError, match='expected the user id "c-1"'):
+        projection.apply(BatchContext(tx), created)
+    assert tx.updates == {}

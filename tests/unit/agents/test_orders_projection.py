@@ -6,6 +6,7 @@ import pytest
 from agents.orders import OrdersProjection
 from schemas import ValidationError, new_event
 from schemas.codecs import EventCodec
+from streams.exceptions import RecordKeyError
 from streams.projection import BatchContext
 from streams.settings import Settings
 from tables.readmodels.orders import apply_order_event
@@ -147,3 +148,14 @@ def test_projection_refuses_an_event_under_another_key(tmp_path):
     with pytest.raises(ValidationError, match='key: expected the order id "o-1"'):
         projection.apply(ctx, record(b"o-2", placed()))
     assert ctx.tx.updates == {}
+
+
+def test_projection_refuses_an_event_without_a_key(tmp_path):
+    projection = OrdersProjection(Settings.from_env({}), EventCodec())
+    ctx = BatchContext(Transaction(PartitionStore(tmp_path / "orders-0")))
+    with pytest.raises(RecordKeyError) as info:
+        projection.apply(ctx, record(None, placed()))
+    assert str(info.value) == (
+        'key: expected the order id "o-1" (events are keyed by orderId), got no key'
+    )
+    assert ctx.tx.updates == {} and ctx.outputs == {}
