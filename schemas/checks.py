@@ -26,7 +26,10 @@ LEAVES = ("string", "int", "long", "double")
 """Field types a record checks inline, without a call per field."""
 
 Field = tuple[str, str | None, Check, bool, Any]
-"""A compiled record field: name, leaf kind (or None), check, required, default."""
+"""A compiled record field: name, leaf kind (or None), check, required, default.
+
+The check includes the field's constraints (:mod:`schemas.constraints`); a
+required leaf's constraints are tested by the record's ``test`` on the fast path."""
 
 
 class Invalid(Exception):
@@ -121,9 +124,18 @@ def check_null(v: Any) -> Any:
 
 
 def record_check(
-    name: str, fields: list[Field], normalize: bool, drop_unknown: bool, max_string: int
+    name: str,
+    fields: list[Field],
+    normalize: bool,
+    drop_unknown: bool,
+    max_string: int,
+    test: Callable[[Any], bool] | None = None,
 ) -> Check:
     """The check of a record whose fields are compiled.
+
+    ``test`` tests the constraints of the required leaves (the fast path checks
+    their types inline, not through their checks); when it fails, the ordered
+    loop names the field and the rule.
 
     Kept in one piece (about 70 lines) because it is the hot path of every JSON
     decode: the fast path below reads its constants from closure cells, with
@@ -167,6 +179,8 @@ def record_check(
                 if type(value) is not int or not long_low <= value <= long_high:
                     return check_fields(v)
         except KeyError:
+            return check_fields(v)
+        if test is not None and not test(v):
             return check_fields(v)
         size = len(v)
         missing = 0

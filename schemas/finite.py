@@ -1,10 +1,14 @@
-"""The NaN and infinity check of Avro-decoded data.
+"""The checks of Avro-decoded data that Avro does not guarantee: finite numbers
+and the fields' constraints.
 
 Avro binary can carry NaN and the infinities in a double or float field, JSON
-cannot; everything else a registered schema asks of a value, Avro guarantees
-by construction. So an Avro record too small to break a length limit is
-checked only for these (:class:`~schemas.codecs.EventCodec`), by a check
-compiled once per schema that visits the double and float fields alone.
+cannot; and no Avro type says that a quantity is positive or that a name has
+no control characters (:mod:`schemas.constraints`). Everything else a
+registered schema asks of a value, Avro guarantees by construction. So an
+Avro record too small to break a length limit is checked only for these
+(:class:`~schemas.codecs.EventCodec`), by a check compiled once per schema
+that visits the double and float fields and the constrained fields alone (one
+generated test per record for its constraints).
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ from typing import Any
 
 from .avro_names import Scope, full_name, namespace_of
 from .checks import Check, Invalid
+from .constraints import FieldConstraints, record_guard
 
 
 def compile_finite_check(schema: Any) -> Check | None:
-    """A check that only looks for NaN and infinities in the double/float fields of ``schema``.
+    """A check that only looks for NaN and infinities in the double/float fields of
+    ``schema``, and tests its fields' constraints.
 
     Returns None when the schema has no such field. Named types referenced by
     name are looked up among those defined earlier.
@@ -76,7 +82,13 @@ def _finite_record(schema: dict[str, Any], named: Scope[Check], namespace: str) 
     fields = [(f["name"], f["type"], _finite(f["type"], named, ns)) for f in schema["fields"]]
     doubles = tuple(n for n, t, c in fields if c is not None and t in ("double", "float"))
     nested = tuple((n, c) for n, t, c in fields if c is not None and n not in doubles)
-    if not doubles and not nested:
+    constrained = [
+        (f["name"], constraint, isinstance(f["type"], list))
+        for f in schema["fields"]
+        if (constraint := FieldConstraints.of(f, full)) is not None
+    ]
+    guard = record_guard(constrained)
+    if not doubles and not nested and guard is None:
         return None
     isfinite = math.isfinite
 
@@ -92,6 +104,8 @@ def _finite_record(schema: dict[str, Any], named: Scope[Check], namespace: str) 
             except Invalid as exc:
                 exc.parts.append("." + fname)
                 raise
+        if guard is not None:
+            guard(v)
         return v
 
     named.define(full, check_record)
