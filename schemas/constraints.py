@@ -326,9 +326,9 @@ def _breaks(key: str, rule: Any, value: Any) -> str | None:
     if key == "maxLength" and len(value) > rule:
         return f"at most {rule} characters (maxLength)"
     if key == "minItems" and len(value) < rule:
-        return f"at least {rule} elements (minItems)"
+        return f"at least {rule} element(s) (minItems)"
     if key == "maxItems" and len(value) > rule:
-        return f"at most {rule} elements (maxItems)"
+        return f"at most {rule} element(s) (maxItems)"
     if key == "pattern" and re.fullmatch(rule, value) is None:
         return f"a string matching {rule} (pattern)"
     if key == "format" and re.fullmatch(FORMATS[rule], value) is None:
