@@ -81,6 +81,7 @@ def number(event: str, path: str, kind: type) -> Any:
     """The type of a numeric command field with the bounds of the event field."""
     spec = rule(event, path).spec
     bounds = Field(
+        allow_inf_nan=False if kind is float else None,
         ge=spec.get("minimum"),
         gt=spec.get("exclusiveMinimum"),
         le=spec.get("maximum"),
