@@ -24,7 +24,7 @@ totals must add up (``api/aggregate.py``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeAlias
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
@@ -90,11 +90,23 @@ def number(event: str, path: str, kind: type) -> Any:
     return Annotated[kind, bounds]
 
 
-if TYPE_CHECKING:
-    UserId = OrderId = CustomerId = Sku = PaymentId = str
-    Email = Name = Address = Currency = Tracking = Carrier = Reason = str
-    Quantity = int
-    Price = Amount = Paid = float
+if TYPE_CHECKING:  # what type checkers see; the rules are pydantic's at run time
+    UserId: TypeAlias = str
+    OrderId: TypeAlias = str
+    CustomerId: TypeAlias = str
+    Sku: TypeAlias = str
+    PaymentId: TypeAlias = str
+    Email: TypeAlias = str
+    Name: TypeAlias = str
+    Address: TypeAlias = str
+    Currency: TypeAlias = str
+    Tracking: TypeAlias = str
+    Carrier: TypeAlias = str
+    Reason: TypeAlias = str
+    Quantity: TypeAlias = int
+    Price: TypeAlias = float
+    Amount: TypeAlias = float
+    Paid: TypeAlias = float
 else:  # the types with the rules of the event fields they become
     UserId = text("user.created", "userId")
     Email = text("user.created", "email")
@@ -208,8 +220,7 @@ CONTRACT: dict[tuple[type[Command], str], tuple[str, str]] = {
 """(model, field) → (event, field path): the event field each command field becomes."""
 
 FROM_THE_PATH: frozenset[tuple[str, str]] = frozenset(
-    (event, "orderId")
-    for event in ("order.payment_confirmed", "order.shipped", "order.cancelled")
+    (event, "orderId") for event in ("order.payment_confirmed", "order.shipped", "order.cancelled")
 )
 """Constrained event fields no body field becomes: the URL's ``{orderId}``, an order
 that must exist (placed with an id the API checked)."""

@@ -297,7 +297,8 @@ def _problem(kind: str, key: str, value: Any) -> str | None:
         ok = type(value) in (int, float) and value == value and abs(value) != float("inf")
         return None if ok else f"must be a finite number, got {value!r}"
     if key in ("minLength", "maxLength", "minItems", "maxItems"):
-        return None if type(value) is int and value >= 0 else f"must be an integer >= 0, got {value!r}"
+        ok = type(value) is int and value >= 0
+        return None if ok else f"must be an integer >= 0, got {value!r}"
     if key == "noControl":
         return None if value is True else "must be true (leave it out to allow them)"
     if key == "format":
@@ -342,4 +343,3 @@ def _const(env: dict[str, Any], value: Any) -> str:
     name = f"c{len(env)}"
     env[name] = value
     return name
-

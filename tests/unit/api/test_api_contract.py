@@ -83,7 +83,9 @@ def _metadata(model: Any, name: str) -> list[Any]:
 
 @pytest.fixture
 async def api(tmp_path) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings.from_env({"EVENTIDE_STATE_DIR": str(tmp_path), "EVENTIDE_API_RELAY": "false"})
+    settings = Settings.from_env(
+        {"EVENTIDE_STATE_DIR": str(tmp_path), "EVENTIDE_API_RELAY": "false"}
+    )
     app = create_api(settings, keys=memory_keys())
     transport = httpx.ASGITransport(app=app)
     async with (
@@ -106,7 +108,7 @@ async def api_verdict(client: httpx.AsyncClient, case: Case) -> str | None:
 
 def decoder_verdict(case: Case) -> str | None:
     """The field the worker's decoder names, under ``data.``, or None when it decodes."""
-    key, value, headers = case.record()
+    _, value, headers = case.record()
     try:
         event = CODEC.decode(value, headers)
     except ValidationError as exc:
