@@ -70,6 +70,8 @@ ARRAY_KEYS = ("minItems", "maxItems")
 KINDS = {"number": NUMBER_KEYS, "string": STRING_KEYS, "array": ARRAY_KEYS}
 NUMBERS = ("int", "long", "double", "float")
 FORMATS = {"email": EMAIL_PATTERN}
+REMEMBERED = 4096
+"""Strings remembered per field as passing its regular expression (see ``_statements``)."""
 ORDER = ("noControl", *NUMBER_KEYS, "minLength", "maxLength", "format", "pattern", *ARRAY_KEYS)
 """The order rules are named in: a control character first, the pattern last."""
 
@@ -140,7 +142,7 @@ class FieldConstraints:
             out.append(f"len({x}) <= {_const(env, spec['maxItems'])}")
         for key in ("pattern", "format"):
             if key in spec:
-                regex = spec[key] if key == "pattern" else FORMATS[spec[key]]
+                regex = _unanchored(spec[key] if key == "pattern" else FORMATS[spec[key]])
                 out.append(f"{_const(env, re.compile(regex).fullmatch)}({x}) is not None")
         if spec.get("noControl"):
             out.append(f"({x}.isprintable() or {_const(env, CONTROL_RE.search)}({x}) is None)")
@@ -186,22 +188,48 @@ def compile_test(conditions: list[tuple[str, FieldConstraints, bool]]) -> Callab
     lines = ["def test(v):"]
     for n, (name, constraint, optional) in enumerate(conditions):
         x = f"x{n}"
-        get = f"v.get({name!r})" if optional else f"v[{name!r}]"
-        lines.append(f"    {x} = {get}")
-        guard = f"{x} is not None and " if optional else ""
-        lines.append(f"    if {guard}not ({constraint.condition(x, env)}):")
-        lines.append("        return False")
+        lines.append(f"    {x} = v.get({name!r})" if optional else f"    {x} = v[{name!r}]")
+        lines += _statements(constraint, x, optional, env)
     lines.append("    return True")
-    exec(compile("\n".join(lines), "<constraints test>", "exec"), env)
-    test: Callable[[Any], bool] = env["test"]
-    return test
+    return _compiled(lines, env)
 
 
 def compile_value_test(constraint: FieldConstraints) -> Callable[[Any], bool]:
     """A test of one value of the field (of its type, not null)."""
     env: dict[str, Any] = {}
-    source = f"def test(x):\n    return {constraint.condition('x', env)}"
-    exec(compile(source, "<constraint test>", "exec"), env)
+    return _compiled(
+        ["def test(x):", *_statements(constraint, "x", False, env), "    return True"], env
+    )
+
+
+def _statements(
+    constraint: FieldConstraints, x: str, optional: bool, env: dict[str, Any]
+) -> list[str]:
+    """The lines that return False when ``x`` breaks ``constraint``.
+
+    A string passed through a regular expression is remembered (up to
+    :data:`REMEMBERED` per field, then forgotten at once): ids, SKUs and
+    currencies recur, and a set look-up costs a tenth of a match. Personal
+    values are never remembered (each ciphertext is new, and personal).
+    """
+    condition = constraint.condition(x, env)
+    guard = f"{x} is not None and " if optional else ""
+    spec = constraint.spec
+    if constraint.personal or not ("pattern" in spec or "format" in spec):
+        return [f"    if {guard}not ({condition}):", "        return False"]
+    known = _const(env, set())
+    return [
+        f"    if {guard}{x} not in {known}:",
+        f"        if not ({condition}):",
+        "            return False",
+        f"        if len({known}) >= {REMEMBERED}:",
+        f"            {known}.clear()",
+        f"        {known}.add({x})",
+    ]
+
+
+def _compiled(lines: list[str], env: dict[str, Any]) -> Callable[[Any], bool]:
+    exec(compile("\n".join(lines), "<constraints test>", "exec"), env)
     test: Callable[[Any], bool] = env["test"]
     return test
 
@@ -337,6 +365,11 @@ def _breaks(key: str, rule: Any, value: Any) -> str | None:
     if key == "noControl" and CONTROL_RE.search(value) is not None:
         return "text without control characters (noControl)"
     return None
+
+
+def _unanchored(pattern: str) -> str:
+    """``^...$`` without the anchors, which ``fullmatch`` makes redundant (and slower)."""
+    return f"(?:{pattern[1:-1]})" if not pattern.endswith("\\$") else pattern[1:]
 
 
 def _const(env: dict[str, Any], value: Any) -> str:

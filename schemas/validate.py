@@ -174,8 +174,9 @@ class _Compiler:
         for f in schema.get("fields", []):
             constraint = FieldConstraints.of(f, full)
             field = self.field(f, full, ns, constraint)
-            if constraint is not None and field[1] is not None and field[3]:
-                tested.append((field[0], constraint, False))  # a required leaf: the fast path's
+            if constraint is not None:
+                nullable = not field[3] or isinstance(f["type"], list)
+                tested.append((field[0], constraint, nullable))
             fields.append(field)
         test = compile_test(tested) if tested else None
         check_record = record_check(
@@ -189,9 +190,9 @@ class _Compiler:
     ) -> Field:
         """One field of ``record``: its check (with its constraints), and its default
         checked (and normalized)."""
-        check = self.compile(f["type"], ns)
+        check = typed = self.compile(f["type"], ns)
         if constraint is not None:
-            check = constrained_check(check, constraint)
+            check = constrained_check(typed, constraint)
         has_default = "default" in f
         default = f.get("default")
         if has_default:
@@ -205,7 +206,7 @@ class _Compiler:
                     f"field {f['name']!r} of record {record}: default {exc}"
                 ) from None
         leaf = f["type"] if f["type"] in LEAVES else None
-        return (f["name"], leaf, check, not has_default, default)
+        return (f["name"], leaf, check, not has_default, default, typed)
 
     def enum(self, schema: dict[str, Any], namespace: str) -> Check:
         symbols = frozenset(schema.get("symbols", []))
