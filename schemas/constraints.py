@@ -70,6 +70,8 @@ ARRAY_KEYS = ("minItems", "maxItems")
 KINDS = {"number": NUMBER_KEYS, "string": STRING_KEYS, "array": ARRAY_KEYS}
 NUMBERS = ("int", "long", "double", "float")
 FORMATS = {"email": EMAIL_PATTERN}
+LOWER = {"minimum": "<=", "exclusiveMinimum": "<"}
+UPPER = {"maximum": "<=", "exclusiveMaximum": "<"}
 REMEMBERED = 4096
 """Strings remembered per field as passing its regular expression (see ``_statements``)."""
 ORDER = ("noControl", *NUMBER_KEYS, "minLength", "maxLength", "format", "pattern", *ARRAY_KEYS)
@@ -94,6 +96,8 @@ class FieldConstraints:
     """The ``constraints`` object as written."""
     personal: bool = False
     """Whether the field is personal (accepts its ciphertext form)."""
+    floating: bool = False
+    """Whether the field is a double or float (its bounds are compared as floats)."""
 
     @classmethod
     def of(cls, field: Mapping[str, Any], where: str) -> FieldConstraints | None:
@@ -114,7 +118,8 @@ class FieldConstraints:
             problem = _problem(kind, key, value)
             if problem is not None:
                 raise SchemaError(f"{where}, field {name!r}: constraint {key!r} {problem}")
-        return cls(str(name), kind, dict(spec), field.get("personal") is True)
+        floating = _kind(field.get("type"), primitive=True) in ("double", "float")
+        return cls(str(name), kind, dict(spec), field.get("personal") is True, floating)
 
     def condition(self, x: str, env: dict[str, Any]) -> str:
         """Python source of a test that value ``x`` (of the field's type, not null) passes.
@@ -124,22 +129,21 @@ class FieldConstraints:
         plain = " and ".join(self._tests(x, env)) or "True"
         if not (self.personal and self.kind == "string"):
             return plain
-        token = _const(env, TOKEN_RE.fullmatch)
+        token = _const(env, re.compile(TOKEN_RE.pattern[len(TOKEN_PREFIX) :]).fullmatch)
         most = _const(env, cipher_length(self.spec.get("maxLength", 10**9)))
-        cipher = f"{token}({x}) is not None and len({x}) <= {most}"
+        cipher = f"len({x}) <= {most} and {token}({x}, {len(TOKEN_PREFIX)}) is not None"
         return f"(({cipher}) if {x}.startswith({TOKEN_PREFIX!r}) else ({plain}))"
 
     def _tests(self, x: str, env: dict[str, Any]) -> list[str]:
         spec, out = self.spec, []
-        ops = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
-        for key, op in ops.items():
-            if key in spec:
-                out.append(f"{x} {op} {_const(env, spec[key])}")
-        for key, op in (("minLength", ">="), ("maxLength", "<="), ("minItems", ">=")):
-            if key in spec:
-                out.append(f"len({x}) {op} {_const(env, spec[key])}")
-        if "maxItems" in spec:
-            out.append(f"len({x}) <= {_const(env, spec['maxItems'])}")
+        number = float if self.floating else (lambda n: n)  # no int-float comparisons
+        below = [(op, _const(env, number(spec[k]))) for k, op in LOWER.items() if k in spec]
+        above = [(op, _const(env, number(spec[k]))) for k, op in UPPER.items() if k in spec]
+        out += _range(x, below, above)
+        size = f"len({x})"
+        below = [("<=", _const(env, spec[k])) for k in ("minLength", "minItems") if k in spec]
+        above = [("<=", _const(env, spec[k])) for k in ("maxLength", "maxItems") if k in spec]
+        out += _range(size, below, above)
         for key in ("pattern", "format"):
             if key in spec:
                 regex = _unanchored(spec[key] if key == "pattern" else FORMATS[spec[key]])
@@ -247,25 +251,16 @@ def constrained_check(check: Check, constraint: FieldConstraints) -> Check:
     return check_constrained
 
 
-def record_guard(fields: list[tuple[str, FieldConstraints, bool]]) -> Check | None:
-    """A check of the constrained fields of a record whose values have their types
-    (an Avro-decoded record): one generated test, then the rule broken named."""
-    if not fields:
-        return None
-    test = compile_test(fields)
-
-    def check_guard(v: Any) -> Any:
-        if test(v):
-            return v
-        for name, constraint, _ in fields:
-            value = v.get(name)
-            if value is not None and constraint.broken(value) is not None:
-                exc = _invalid(constraint, value)
-                exc.parts.append("." + name)
-                raise exc
-        return v  # pragma: no cover - the test and the rules agree
-
-    return check_guard
+def broken_field(fields: list[tuple[str, FieldConstraints, bool]], v: Any) -> Invalid:
+    """The error naming the first of ``fields`` of record ``v`` that breaks its
+    constraints (after :func:`compile_test` of them said one does)."""
+    for name, constraint, _ in fields:
+        value = v.get(name)
+        if value is not None and constraint.broken(value) is not None:
+            exc = _invalid(constraint, value)
+            exc.parts.append("." + name)
+            return exc
+    return Invalid("a record whose fields pass their constraints", v)  # pragma: no cover
 
 
 def _invalid(constraint: FieldConstraints, value: Any) -> Invalid:
@@ -304,15 +299,18 @@ def _collect(schema: Any, prefix: str, where: str, found: dict[str, FieldConstra
             _collect(f.get("type"), path, where, found)
 
 
-def _kind(schema: Any) -> str | None:
+def _kind(schema: Any, primitive: bool = False) -> str | None:
+    """``number``, ``string`` or ``array`` (or the type's own name), None for other types."""
     if isinstance(schema, list):
         branches = [s for s in schema if s != "null"]
-        return _kind(branches[0]) if len(branches) == 1 else None
+        return _kind(branches[0], primitive) if len(branches) == 1 else None
     if isinstance(schema, dict):
         kind = schema.get("type")
-        return "array" if kind == "array" else _kind(kind) if isinstance(kind, str) else None
+        if kind == "array":
+            return "array"
+        return _kind(kind, primitive) if isinstance(kind, str) else None
     if schema in NUMBERS:
-        return "number"
+        return schema if primitive else "number"
     return "string" if schema == "string" else None
 
 
@@ -365,6 +363,13 @@ def _breaks(key: str, rule: Any, value: Any) -> str | None:
     if key == "noControl" and CONTROL_RE.search(value) is not None:
         return "text without control characters (noControl)"
     return None
+
+
+def _range(x: str, below: list[tuple[str, str]], above: list[tuple[str, str]]) -> list[str]:
+    """Source of bound tests, chained (``c0 < x <= c1``) when there is one bound each side."""
+    if len(below) == 1 and len(above) == 1:
+        return [f"{below[0][1]} {below[0][0]} {x} {above[0][0]} {above[0][1]}"]
+    return [f"{c} {op} {x}" for op, c in below] + [f"{x} {op} {c}" for op, c in above]
 
 
 def _unanchored(pattern: str) -> str:

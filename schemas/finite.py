@@ -18,7 +18,7 @@ from typing import Any
 
 from .avro_names import Scope, full_name, namespace_of
 from .checks import Check, Invalid
-from .constraints import FieldConstraints, record_guard
+from .constraints import FieldConstraints, broken_field, compile_test
 
 
 def compile_finite_check(schema: Any) -> Check | None:
@@ -87,8 +87,8 @@ def _finite_record(schema: dict[str, Any], named: Scope[Check], namespace: str) 
         for f in schema["fields"]
         if (constraint := FieldConstraints.of(f, full)) is not None
     ]
-    guard = record_guard(constrained)
-    if not doubles and not nested and guard is None:
+    test = compile_test(constrained) if constrained else None
+    if not doubles and not nested and test is None:
         return None
     isfinite = math.isfinite
 
@@ -104,8 +104,8 @@ def _finite_record(schema: dict[str, Any], named: Scope[Check], namespace: str) 
             except Invalid as exc:
                 exc.parts.append("." + fname)
                 raise
-        if guard is not None:
-            guard(v)
+        if test is not None and not test(v):
+            raise broken_field(constrained, v)
         return v
 
     named.define(full, check_record)
