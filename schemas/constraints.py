@@ -46,6 +46,7 @@ messages that name the rule a value breaks.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -207,9 +208,13 @@ def compile_value_test(constraint: FieldConstraints) -> Callable[[Any], bool]:
 
 
 def _statements(
-    constraint: FieldConstraints, x: str, optional: bool, env: dict[str, Any]
+    constraint: FieldConstraints,
+    x: str,
+    optional: bool,
+    env: dict[str, Any],
+    failure: str = "return False",
 ) -> list[str]:
-    """The lines that return False when ``x`` breaks ``constraint``.
+    """The lines that run ``failure`` when ``x`` breaks ``constraint``.
 
     A string passed through a regular expression is remembered (up to
     :data:`REMEMBERED` per field, then forgotten at once): ids, SKUs and
@@ -220,22 +225,55 @@ def _statements(
     guard = f"{x} is not None and " if optional else ""
     spec = constraint.spec
     if constraint.personal or not ("pattern" in spec or "format" in spec):
-        return [f"    if {guard}not ({condition}):", "        return False"]
+        return [f"    if {guard}not ({condition}):", f"        {failure}"]
     known = _const(env, set())
     return [
         f"    if {guard}{x} not in {known}:",
         f"        if not ({condition}):",
-        "            return False",
+        f"            {failure}",
         f"        if len({known}) >= {REMEMBERED}:",
         f"            {known}.clear()",
         f"        {known}.add({x})",
     ]
 
 
-def _compiled(lines: list[str], env: dict[str, Any]) -> Callable[[Any], bool]:
-    exec(compile("\n".join(lines), "<constraints test>", "exec"), env)
-    test: Callable[[Any], bool] = env["test"]
-    return test
+def _compiled(lines: list[str], env: dict[str, Any], name: str = "test") -> Any:
+    exec(compile("\n".join(lines), f"<constraints {name}>", "exec"), env)
+    return env[name]
+
+
+def compile_record_check(
+    conditions: list[tuple[str, FieldConstraints, bool]],
+    finite: tuple[str, ...],
+    nested: tuple[tuple[str, Check], ...],
+    fail: Callable[[Any], Invalid],
+) -> Check:
+    """One generated check of an Avro-decoded record ``v`` (its values have their types):
+    the ``finite`` fields are neither NaN nor infinite, the ``nested`` checks pass (the
+    field is added to the path of their errors), the ``conditions`` hold; else it
+    raises ``fail(v)``, which names the first problem. No loop, no call per field.
+    """
+    env: dict[str, Any] = {"isfinite": math.isfinite, "Invalid": Invalid, "fail": fail}
+    lines = ["def check_record(v):"]
+    if finite:
+        tests = " and ".join(f"isfinite(v[{name!r}])" for name in finite)
+        lines += [f"    if not ({tests}):", "        raise fail(v)"]
+    for n, (name, inner) in enumerate(nested):
+        env[f"n{n}"] = inner
+        lines += [
+            "    try:",
+            f"        n{n}(v[{name!r}])",
+            "    except Invalid as exc:",
+            f"        exc.parts.append({'.' + name!r})",
+            "        raise",
+        ]
+    for n, (name, constraint, optional) in enumerate(conditions):
+        x = f"x{n}"
+        lines.append(f"    {x} = v.get({name!r})" if optional else f"    {x} = v[{name!r}]")
+        lines += _statements(constraint, x, optional, env, "raise fail(v)")
+    lines.append("    return v")
+    check: Check = _compiled(lines, env, "check_record")
+    return check
 
 
 def constrained_check(check: Check, constraint: FieldConstraints) -> Check:

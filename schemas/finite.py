@@ -18,7 +18,7 @@ from typing import Any
 
 from .avro_names import Scope, full_name, namespace_of
 from .checks import Check, Invalid
-from .constraints import FieldConstraints, broken_field, compile_test
+from .constraints import FieldConstraints, broken_field, compile_record_check
 
 
 def compile_finite_check(schema: Any) -> Check | None:
@@ -87,27 +87,18 @@ def _finite_record(schema: dict[str, Any], named: Scope[Check], namespace: str) 
         for f in schema["fields"]
         if (constraint := FieldConstraints.of(f, full)) is not None
     ]
-    test = compile_test(constrained) if constrained else None
-    if not doubles and not nested and test is None:
+    if not doubles and not nested and not constrained:
         return None
-    isfinite = math.isfinite
 
-    def check_record(v: Any) -> Any:
+    def fail(v: Any) -> Invalid:
         for fname in doubles:
-            if not isfinite(v[fname]):
+            if not math.isfinite(v[fname]):
                 exc = Invalid("finite double", v[fname])
                 exc.parts.append("." + fname)
-                raise exc
-        for fname, check in nested:
-            try:
-                check(v[fname])
-            except Invalid as exc:
-                exc.parts.append("." + fname)
-                raise
-        if test is not None and not test(v):
-            raise broken_field(constrained, v)
-        return v
+                return exc
+        return broken_field(constrained, v)
 
+    check_record = compile_record_check(constrained, doubles, nested, fail)
     named.define(full, check_record)
     return check_record
 
