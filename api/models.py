@@ -3,17 +3,36 @@
 Strict types (a quantity of ``"2"`` is refused, not coerced) and no unknown
 fields, so a typo comes back as a 422 naming the field instead of being
 silently dropped.
+
+The value rules of a field that becomes a field of an event (bounds, id
+patterns, lengths, no control characters, e-mail form) are not written here:
+they are the event schema's ``constraints`` in ``schemas/avsc``
+(:mod:`schemas.constraints`), which the worker's decoder enforces too, so a
+command refused here would be dead-lettered by the worker had another
+producer published it. :data:`CONTRACT` says which event field each command
+field becomes; ``tests/unit/api/test_api_contract.py`` checks that every
+constrained field of these events is covered and that the rules agree.
+
+The API checks the plaintext of personal fields (e-mail, name, address),
+before it encrypts them; the worker sees only their ciphertext.
+
+Rules of the API alone: an order has at least one line (the event contract
+admits an empty ``items``, as field publishers send them), ``name``,
+``address`` and ``reason`` are trimmed before they are checked, and the
+totals must add up (``api/aggregate.py``).
 """
 
 from __future__ import annotations
 
-import re
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any, TypeAlias
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
-CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-"""Unicode's control characters (category Cc): NUL, escape, line breaks, C1 codes."""
+from schemas.constraints import CONTROL_RE, FORMATS, FieldConstraints, payload_constraints
+from schemas.exceptions import SchemaError
+from schemas.registry import Registry
+
+_REGISTRY = Registry.load()
 
 
 def no_control_characters(value: str) -> str:
@@ -30,11 +49,81 @@ def no_control_characters(value: str) -> str:
 Plain = AfterValidator(no_control_characters)
 """Free text ends up in read models, e-mails and logs: no control characters."""
 
-EntityId = Annotated[
-    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,99}$", strict=True)
-]
-"""Ids of users, orders, payments: 1-100 letters, digits and ``._:@-``."""
-Text = Annotated[str, StringConstraints(min_length=1, max_length=500, strip_whitespace=True), Plain]
+
+def rule(event: str, path: str) -> FieldConstraints:
+    """The constraints of ``path`` (``items[].quantity``) in the newest schema of ``event``."""
+    entry = _REGISTRY.latest(event)
+    found = payload_constraints(entry.payload).get(path) if entry is not None else None
+    if found is None:
+        raise SchemaError(
+            f"api/models.py expects constraints on {path} of {event} in schemas/avsc: "
+            "the command API takes its rules from there"
+        )
+    return found
+
+
+def text(event: str, path: str, *, strip: bool = False) -> Any:
+    """The type of a string command field with the constraints of the event field."""
+    spec = rule(event, path).spec
+    constraints = StringConstraints(
+        strict=True,
+        strip_whitespace=strip or None,
+        min_length=spec.get("minLength"),
+        max_length=spec.get("maxLength"),
+        pattern=spec.get("pattern") or FORMATS.get(spec.get("format", "")),
+    )
+    if spec.get("noControl"):
+        return Annotated[str, constraints, Plain]
+    return Annotated[str, constraints]
+
+
+def number(event: str, path: str, kind: type) -> Any:
+    """The type of a numeric command field with the bounds of the event field."""
+    spec = rule(event, path).spec
+    bounds = Field(
+        allow_inf_nan=False if kind is float else None,
+        ge=spec.get("minimum"),
+        gt=spec.get("exclusiveMinimum"),
+        le=spec.get("maximum"),
+        lt=spec.get("exclusiveMaximum"),
+    )
+    return Annotated[kind, bounds]
+
+
+if TYPE_CHECKING:  # what type checkers see; the rules are pydantic's at run time
+    UserId: TypeAlias = str
+    OrderId: TypeAlias = str
+    CustomerId: TypeAlias = str
+    Sku: TypeAlias = str
+    PaymentId: TypeAlias = str
+    Email: TypeAlias = str
+    Name: TypeAlias = str
+    Address: TypeAlias = str
+    Currency: TypeAlias = str
+    Tracking: TypeAlias = str
+    Carrier: TypeAlias = str
+    Reason: TypeAlias = str
+    Quantity: TypeAlias = int
+    Price: TypeAlias = float
+    Amount: TypeAlias = float
+    Paid: TypeAlias = float
+else:  # the types with the rules of the event fields they become
+    UserId = text("user.created", "userId")
+    Email = text("user.created", "email")
+    Name = text("user.created", "name", strip=True)
+    Address = text("user.created", "address", strip=True)
+    OrderId = text("order.placed", "orderId")
+    CustomerId = text("order.placed", "customerId")
+    Sku = text("order.placed", "items[].sku")
+    Quantity = number("order.placed", "items[].quantity", int)
+    Price = number("order.placed", "items[].unitPrice", float)
+    Currency = text("order.placed", "currency")
+    Amount = number("order.placed", "totalAmount", float)
+    PaymentId = text("order.payment_confirmed", "paymentId")
+    Paid = number("order.payment_confirmed", "amount", float)
+    Tracking = text("order.shipped", "trackingNumber")
+    Carrier = text("order.shipped", "carrier")
+    Reason = text("order.cancelled", "reason", strip=True)
 
 
 class Command(BaseModel):
@@ -46,69 +135,92 @@ class Command(BaseModel):
 class CreateUser(Command):
     """``POST /users`` → ``user.created``."""
 
-    userId: EntityId | None = None
+    userId: UserId | None = None
     """Id of the new user; generated (``u-<uuid>``) when absent."""
-    email: Annotated[
-        str, StringConstraints(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=254), Plain
-    ]
+    email: Email
     """E-mail address, ``name@domain.tld``."""
-    name: Annotated[
-        str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True), Plain
-    ]
+    name: Name
     """Display name."""
-    address: (
-        Annotated[str, StringConstraints(min_length=1, max_length=500, strip_whitespace=True)]
-        | None
-    ) = None
+    address: Address | None = None
     """Postal address, one string (``user.created`` 1.1); optional."""
 
 
 class OrderLine(Command):
     """One line of an order."""
 
-    sku: EntityId
+    sku: Sku
     """Stock-keeping unit."""
-    quantity: int = Field(gt=0, le=10_000)
+    quantity: Quantity
     """How many, 1..10000."""
-    unitPrice: float = Field(ge=0, le=1_000_000)
+    unitPrice: Price
     """Price of one unit in the order's currency."""
 
 
 class PlaceOrder(Command):
     """``POST /orders`` → ``order.placed``."""
 
-    orderId: EntityId | None = None
+    orderId: OrderId | None = None
     """Id of the new order; generated (``o-<uuid>``) when absent."""
-    customerId: EntityId
+    customerId: CustomerId
     """The customer (a userId)."""
-    items: list[OrderLine] = Field(min_length=1, max_length=100)
-    """1..100 order lines."""
-    currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")] = "EUR"
+    items: list[OrderLine] = Field(
+        min_length=1, max_length=rule("order.placed", "items").spec["maxItems"]
+    )
+    """1..100 order lines (at least one: a rule of the API alone)."""
+    currency: Currency = "EUR"
     """ISO 4217 code."""
-    totalAmount: float | None = Field(default=None, ge=0)
+    totalAmount: Amount | None = None
     """Optional check: when given it must equal the sum of the lines."""
 
 
 class ConfirmPayment(Command):
     """``POST /orders/{orderId}/payment`` → ``order.payment_confirmed``."""
 
-    paymentId: EntityId
+    paymentId: PaymentId
     """Id of the payment at the payment provider."""
-    amount: float | None = Field(default=None, gt=0)
+    amount: Paid | None = None
     """Amount paid; must equal the order total (defaults to it)."""
 
 
 class ShipOrder(Command):
     """``POST /orders/{orderId}/shipment`` → ``order.shipped``."""
 
-    trackingNumber: Annotated[str, StringConstraints(min_length=1, max_length=100), Plain]
+    trackingNumber: Tracking
     """Carrier tracking number."""
-    carrier: Annotated[str, StringConstraints(min_length=1, max_length=50), Plain]
+    carrier: Carrier
     """Carrier name."""
 
 
 class CancelOrder(Command):
     """``POST /orders/{orderId}/cancel`` → ``order.cancelled``."""
 
-    reason: Text
+    reason: Reason
     """Why the order is cancelled."""
+
+
+CONTRACT: dict[tuple[type[Command], str], tuple[str, str]] = {
+    (CreateUser, "userId"): ("user.created", "userId"),
+    (CreateUser, "email"): ("user.created", "email"),
+    (CreateUser, "name"): ("user.created", "name"),
+    (CreateUser, "address"): ("user.created", "address"),
+    (PlaceOrder, "orderId"): ("order.placed", "orderId"),
+    (PlaceOrder, "customerId"): ("order.placed", "customerId"),
+    (PlaceOrder, "items"): ("order.placed", "items"),
+    (OrderLine, "sku"): ("order.placed", "items[].sku"),
+    (OrderLine, "quantity"): ("order.placed", "items[].quantity"),
+    (OrderLine, "unitPrice"): ("order.placed", "items[].unitPrice"),
+    (PlaceOrder, "currency"): ("order.placed", "currency"),
+    (PlaceOrder, "totalAmount"): ("order.placed", "totalAmount"),
+    (ConfirmPayment, "paymentId"): ("order.payment_confirmed", "paymentId"),
+    (ConfirmPayment, "amount"): ("order.payment_confirmed", "amount"),
+    (ShipOrder, "trackingNumber"): ("order.shipped", "trackingNumber"),
+    (ShipOrder, "carrier"): ("order.shipped", "carrier"),
+    (CancelOrder, "reason"): ("order.cancelled", "reason"),
+}
+"""(model, field) → (event, field path): the event field each command field becomes."""
+
+FROM_THE_PATH: frozenset[tuple[str, str]] = frozenset(
+    (event, "orderId") for event in ("order.payment_confirmed", "order.shipped", "order.cancelled")
+)
+"""Constrained event fields no body field becomes: the URL's ``{orderId}``, an order
+that must exist (placed with an id the API checked)."""

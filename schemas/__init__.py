@@ -1,7 +1,9 @@
 """Event contracts: the envelope, its schemas and registry, codecs, validation errors,
-and the encryption of personal fields (``schemas.personal``)."""
+the fields' value rules (``schemas.constraints``) and the encryption of personal
+fields (``schemas.personal``)."""
 
 from .codecs import CONTENT_TYPE_AVRO, EventCodec, decode_event, default_codec
+from .constraints import FieldConstraints, payload_constraints
 from .envelope import CONTENT_TYPE_JSON, Envelope, new_event
 from .exceptions import (
     DataKeyNotFoundError,
@@ -32,6 +34,7 @@ __all__ = [
     "Envelope",
     "EventCodec",
     "EventError",
+    "FieldConstraints",
     "IncompatibleSchemaError",
     "KekError",
     "LimitExceededError",
@@ -47,4 +50,5 @@ __all__ = [
     "decode_event",
     "default_codec",
     "new_event",
+    "payload_constraints",
 ]

@@ -1,10 +1,14 @@
-"""The NaN and infinity check of Avro-decoded data.
+"""The checks of Avro-decoded data that Avro does not guarantee: finite numbers
+and the fields' constraints.
 
 Avro binary can carry NaN and the infinities in a double or float field, JSON
-cannot; everything else a registered schema asks of a value, Avro guarantees
-by construction. So an Avro record too small to break a length limit is
-checked only for these (:class:`~schemas.codecs.EventCodec`), by a check
-compiled once per schema that visits the double and float fields alone.
+cannot; and no Avro type says that a quantity is positive or that a name has
+no control characters (:mod:`schemas.constraints`). Everything else a
+registered schema asks of a value, Avro guarantees by construction. So an
+Avro record too small to break a length limit is checked only for these
+(:class:`~schemas.codecs.EventCodec`), by a check compiled once per schema
+that visits the double and float fields and the constrained fields alone (one
+generated test per record for its constraints).
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ from typing import Any
 
 from .avro_names import Scope, full_name, namespace_of
 from .checks import Check, Invalid
+from .constraints import FieldConstraints, broken_field, compile_record_check
 
 
 def compile_finite_check(schema: Any) -> Check | None:
-    """A check that only looks for NaN and infinities in the double/float fields of ``schema``.
+    """A check that only looks for NaN and infinities in the double/float fields of
+    ``schema``, and tests its fields' constraints.
 
     Returns None when the schema has no such field. Named types referenced by
     name are looked up among those defined earlier.
@@ -76,24 +82,23 @@ def _finite_record(schema: dict[str, Any], named: Scope[Check], namespace: str) 
     fields = [(f["name"], f["type"], _finite(f["type"], named, ns)) for f in schema["fields"]]
     doubles = tuple(n for n, t, c in fields if c is not None and t in ("double", "float"))
     nested = tuple((n, c) for n, t, c in fields if c is not None and n not in doubles)
-    if not doubles and not nested:
+    constrained = [
+        (f["name"], constraint, isinstance(f["type"], list))
+        for f in schema["fields"]
+        if (constraint := FieldConstraints.of(f, full)) is not None
+    ]
+    if not doubles and not nested and not constrained:
         return None
-    isfinite = math.isfinite
 
-    def check_record(v: Any) -> Any:
+    def fail(v: Any) -> Invalid:
         for fname in doubles:
-            if not isfinite(v[fname]):
+            if not math.isfinite(v[fname]):
                 exc = Invalid("finite double", v[fname])
                 exc.parts.append("." + fname)
-                raise exc
-        for fname, check in nested:
-            try:
-                check(v[fname])
-            except Invalid as exc:
-                exc.parts.append("." + fname)
-                raise
-        return v
+                return exc
+        return broken_field(constrained, v)
 
+    check_record = compile_record_check(constrained, doubles, nested, fail)
     named.define(full, check_record)
     return check_record
 

@@ -88,8 +88,8 @@ class SchemaEntry:
 
 
 def fingerprint(schema: Any) -> str:
-    """A stable digest of a schema: docs and the ``personal`` mark are ignored,
-    defaults and names count."""
+    """A stable digest of a schema: docs, the ``personal`` mark and ``constraints``
+    are ignored (:data:`ANNOTATIONS`), defaults and names count."""
     return hashlib.sha256(
         orjson.dumps(_without_docs(schema), option=orjson.OPT_SORT_KEYS)
     ).hexdigest()[:16]
@@ -371,9 +371,11 @@ def _read_json(path: Path, problems: list[str]) -> Any:
     return None
 
 
-ANNOTATIONS = frozenset({"doc", "personal"})
-"""Schema attributes that do not change the data: left out of fingerprints
-(``personal`` marks a field written encrypted, see schemas/personal.py)."""
+ANNOTATIONS = frozenset({"doc", "personal", "constraints"})
+"""Schema attributes that do not change the encoding: left out of fingerprints
+(``personal`` marks a field written encrypted, see schemas/personal.py;
+``constraints`` are the value rules of schemas/constraints.py, which the
+validators enforce: adding them keeps the schema's id)."""
 
 
 def _without_docs(schema: Any) -> Any:

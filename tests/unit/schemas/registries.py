@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from schemas.constraints import FORMATS, FieldConstraints
 from schemas.registry import DEFAULT_ROOT, Registry, compose, fingerprint
 from schemas.upcasters import Upcaster
 
@@ -83,7 +84,7 @@ def avro_values(schema, primitives, max_array):
             return st.one_of(*(values(branch) for branch in node))
         kind = node["type"]
         if kind == "record":
-            return st.fixed_dictionaries({f["name"]: values(f["type"]) for f in node["fields"]})
+            return st.fixed_dictionaries({f["name"]: field_values(f) for f in node["fields"]})
         if kind == "enum":
             return st.sampled_from(node["symbols"])
         if kind == "array":
@@ -91,5 +92,50 @@ def avro_values(schema, primitives, max_array):
         if kind == "map":
             return st.dictionaries(st.text(max_size=5), values(node["values"]), max_size=3)
         return values(kind)
+
+    def field_values(field):
+        """Values of a field, within its constraints (schemas/constraints.py) when it has any."""
+        constraint = FieldConstraints.of(field, "test")
+        if constraint is None:
+            return values(field["type"])
+        spec = constraint.spec
+        if constraint.kind == "array":
+            item = field["type"]["items"] if isinstance(field["type"], dict) else None
+            return st.lists(
+                values(item),
+                min_size=spec.get("minItems", 0),
+                max_size=min(spec.get("maxItems", max_array), max_array),
+            )
+        regex = spec.get("pattern") or FORMATS.get(spec.get("format", ""))
+        if constraint.kind == "string" and regex:
+            plain = st.characters(codec="utf-8", exclude_categories=("Cc", "Cs"))
+            base = st.from_regex(regex, fullmatch=True, alphabet=plain)
+        elif constraint.kind == "string":
+            base = st.text(
+                st.characters(codec="utf-8", exclude_categories=("Cc", "Cs")),
+                min_size=spec.get("minLength", 0),
+                max_size=min(spec.get("maxLength", 20), 20),
+            )
+        else:
+            base = numbers(field["type"], spec)
+        optional = isinstance(field["type"], list) and "null" in field["type"]
+        valid = base.filter(lambda v: v is None or constraint.broken(v) is None)
+        return st.none() | valid if optional else valid
+
+    def numbers(kind, spec):
+        kind = next(k for k in kind if k != "null") if isinstance(kind, list) else kind
+        low = spec.get("minimum", spec.get("exclusiveMinimum"))
+        high = spec.get("maximum", spec.get("exclusiveMaximum"))
+        if kind in ("int", "long"):
+            low = None if low is None else int(low) + ("exclusiveMinimum" in spec)
+            high = None if high is None else int(high) - ("exclusiveMaximum" in spec)
+            return st.integers(min_value=low, max_value=high).filter(lambda v: abs(v) < 2**31)
+        return st.floats(
+            min_value=low,
+            max_value=high,
+            exclude_min="exclusiveMinimum" in spec,
+            exclude_max="exclusiveMaximum" in spec,
+            allow_nan=False,
+        )
 
     return values(schema)
