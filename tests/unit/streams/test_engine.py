@@ -39,6 +39,8 @@ def settings_for(tmp_path) -> Settings:
             "EVENTIDE_DATA_DIR": str(tmp_path / "data"),
             "EVENTIDE_PARTITIONS": "1",
             "EVENTIDE_RETRY_BACKOFF_MS": "60000",
+            # deeper than the default, to see batches overtake each other's acks
+            "EVENTIDE_PIPELINE_DEPTH": "4",
         }
     )
 
