@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .exceptions import SettingsError
+from .setting_types import _choice
 from .tokens import Secret
 
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -55,14 +56,7 @@ SECURITY_FIELDS = {
 
 def parse_upper_choice(*choices: str) -> Callable[[str, str], str]:
     """A settings parser accepting one of ``choices``, in any case."""
-
-    def parse(var: str, value: str) -> str:
-        v = value.strip().upper()
-        if v not in choices:
-            raise SettingsError(f"{var}={value!r}: expected one of {', '.join(choices)}")
-        return v
-
-    return parse
+    return _choice(*choices, fold=str.upper)
 
 
 def parse_secret(var: str, value: str) -> Secret:

@@ -150,9 +150,11 @@ def _database_url(var: str, value: str) -> SecretUrl:
     return SecretUrl(url)
 
 
-def _choice(*choices: str) -> Callable[[str, str], str]:
+def _choice(*choices: str, fold: Callable[[str], str] = str.lower) -> Callable[[str, str], str]:
+    """A parser accepting one of ``choices``, in any case (``fold`` gives theirs)."""
+
     def parse(var: str, value: str) -> str:
-        v = value.strip().lower()
+        v = fold(value.strip())
         if v not in choices:
             raise SettingsError(f"{var}={value!r}: expected one of {', '.join(choices)}")
         return v
