@@ -45,10 +45,9 @@ def form_of(headers: Headers) -> str | None:
     """JSON or Avro as the ``content-type`` header says; None without the header."""
     if not headers:
         return None
-    if isinstance(headers, Mapping):
-        headers = list(headers.items())
-    elif type(headers) is not list and type(headers) is not tuple:
-        headers = list(headers)
+    kind = type(headers)
+    if kind is not list and kind is not tuple:  # both Kafka clients give a list
+        headers = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
     for key, value in headers:
         if key == "content-type":
             form = _FORMS.get(value) if type(value) is bytes or type(value) is str else None
