@@ -30,6 +30,7 @@ from streams.settings import Settings
 from streams.tokens import ROLES, parse_token_entries
 from streams.topics import ensure_topics
 
+from .contracts_cli import asyncapi_command, export_command
 from .tools import devbroker, devsecurity
 from .tools.demo import run_demo
 from .tools.dlq import read_dead_letters, replay
@@ -441,6 +442,10 @@ def schemas_list(root: str | None) -> None:
 
     for entry in Registry.load(Path(root) if root else DEFAULT_ROOT):
         click.echo(f"{entry.id:>5}  {entry.name:<26} {entry.version:<6} {entry.file}")
+
+
+main.add_command(asyncapi_command)
+schemas_group.add_command(export_command)
 
 
 @main.group("dlq")
