@@ -134,6 +134,7 @@ class ConfluentTransport(KafkaReaders):
             await self.consumer.close()  # leaves the group: partitions move at once
         if self.sender is not None:
             await self.sender.close()
+        await self.close_readers()
 
     # -- the host map -----------------------------------------------------------
 

@@ -19,6 +19,7 @@ the engine with an in-memory transport (tests/unit/streams/).
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
@@ -165,26 +166,48 @@ class KafkaReaders:
             max_partition_fetch_bytes=8 * 1024 * 1024,
         )
 
+    _restorer: AIOKafkaConsumer | None = None
+    _restoring: asyncio.Lock | None = None
+
     async def read(
         self, topic: str, partition: int, start: int
     ) -> AsyncIterator[list[ConsumerRecord[Any, Any]]]:
-        tp = TopicPartition(topic, partition)
-        reader = self.reader("restore")
-        await reader.start()
-        try:
+        """The records of one partition from ``start`` to its end offset as of now.
+
+        Every restore of the worker reads through one reader, connected once:
+        on a TLS + SCRAM cluster a connection costs a handshake and an
+        authentication, and an assignment restores tens of partitions inside the
+        rebalance callback, where a slow start would cost the group membership.
+        """
+        if self._restoring is None:
+            self._restoring = asyncio.Lock()
+        async with self._restoring:
+            reader = self._restorer
+            if reader is None:
+                reader = self.reader("restore")
+                await reader.start()
+                self._restorer = reader
+            tp = TopicPartition(topic, partition)
             reader.assign([tp])
-            end = (await reader.end_offsets([tp]))[tp]
-            if start >= end:
-                return
-            reader.seek(tp, start)
-            position = start
-            while position < end:
-                got = await reader.getmany(tp, timeout_ms=1000, max_records=20_000)
-                records = [r for r in got.get(tp, []) if r.offset < end]
-                if records:
-                    position = records[-1].offset + 1
-                    yield records
-        finally:
+            try:
+                end = (await reader.end_offsets([tp]))[tp]
+                if start >= end:
+                    return
+                reader.seek(tp, start)
+                position = start
+                while position < end:
+                    got = await reader.getmany(tp, timeout_ms=1000, max_records=20_000)
+                    records = [r for r in got.get(tp, []) if r.offset < end]
+                    if records:
+                        position = records[-1].offset + 1
+                        yield records
+            finally:
+                reader.assign([])
+
+    async def close_readers(self) -> None:
+        """Close the restore reader (the transport is stopping)."""
+        reader, self._restorer = self._restorer, None
+        if reader is not None:
             await reader.stop()
 
 
@@ -246,3 +269,4 @@ class KafkaTransport(KafkaReaders):
             await self.consumer.stop()  # leaves the group: partitions move at once
         if self.producer is not None:
             await self.producer.stop()
+        await self.close_readers()
