@@ -12,7 +12,6 @@ in their consumer group.
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from typing import Any
 
@@ -124,9 +123,7 @@ def _add_topic(
     operations: dict[str, Any],
 ) -> None:
     topic = settings.topic(spec.name)
-    events = sorted(
-        {message_id(e) for e in registry if spec.events and fnmatch.fnmatch(e.name, spec.events)}
-    )
+    events = sorted({message_id(e) for e in registry if spec.carries(e.name)})
     refs = {m: {"$ref": f"#/components/messages/{m}"} for m in events}
     configs: dict[str, Any] = {
         "cleanup.policy": ["compact"] if spec.compacted else ["delete"],

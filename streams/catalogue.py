@@ -6,6 +6,7 @@ these specs, and :mod:`streams.topics` creates them on the broker.
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -34,9 +35,13 @@ class TopicSpec:
     """``cleanup.policy=compact`` (a table's changelog: the last value per key)."""
     extra_configs: tuple[tuple[str, str], ...] = ()
     """Further topic configuration set when Eventide creates it."""
-    events: str = ""
-    """The registered events it carries, as a pattern of names (``order.*``); empty:
-    records of its own shape (the AsyncAPI document, streams/asyncapi.py)."""
+    events: tuple[str, ...] = ()
+    """The registered events it carries, as patterns of names (``order.*``); none:
+    records of its own shape (the AsyncAPI document, the re-keying bridge)."""
+
+    def carries(self, event_name: str) -> bool:
+        """Whether events named ``event_name`` travel on this topic."""
+        return any(fnmatch.fnmatchcase(event_name, p) for p in self.events)
 
     def configs(self) -> dict[str, str]:
         """Topic configuration set when Eventide creates it."""
@@ -72,10 +77,10 @@ def changelog_spec(settings: Settings, table: str, published: TopicSpec | None =
 KEEP_FOREVER = -1
 
 USER_EVENTS = TopicSpec(
-    "user-events", "userId", "user.* events", retention_ms=KEEP_FOREVER, events="user.*"
+    "user-events", "userId", "user.* events", retention_ms=KEEP_FOREVER, events=("user.*",)
 )
 ORDER_EVENTS = TopicSpec(
-    "order-events", "orderId", "order.* events", retention_ms=KEEP_FOREVER, events="order.*"
+    "order-events", "orderId", "order.* events", retention_ms=KEEP_FOREVER, events=("order.*",)
 )
 
 CUSTOMER_FACTS = TopicSpec(

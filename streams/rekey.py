@@ -25,7 +25,6 @@ partitions among them.
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import logging
 import time
 from typing import Any
@@ -62,7 +61,7 @@ class RekeyBridge:
         self.group = f"{settings.app_id}-rekey-{source}"
         """The bridges' consumer group for this ingest topic."""
         self.codec = codec or EventCodec(limits=settings.limits)
-        self.targets = [(s.events, settings.topic(s.name)) for s in CATALOGUE if s.events]
+        self.targets = [(s, settings.topic(s.name)) for s in CATALOGUE if s.events]
         self.partitioner = KeyPartitioner(settings.partitions)
         self.bridged = 0
         self.rejected = 0
@@ -75,12 +74,12 @@ class RekeyBridge:
             key = key_of(event).encode()
         except ValueError as exc:
             raise ValidationError("data", "the entity id the event is keyed by", None) from exc
-        for pattern, topic in self.targets:
-            if fnmatch.fnmatchcase(event.name, pattern):
+        for spec, topic in self.targets:
+            if spec.carries(event.name):
                 return topic, key, self.partitioner(key)
+        carried = ", ".join(p for spec, _ in self.targets for p in spec.events)
         raise UnroutableEventError(
-            f"name: no Eventide topic carries {event.name} events "
-            f"(topics carry {', '.join(p for p, _ in self.targets)})"
+            f"name: no Eventide topic carries {event.name} events (topics carry {carried})"
         )
 
     async def run(self, stop: asyncio.Event) -> None:
