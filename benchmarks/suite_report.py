@@ -232,17 +232,22 @@ def scaling_markdown(result: dict[str, Any]) -> str:
 
 
 def _cpu_sentence(rows: list[dict[str, Any]]) -> str:
-    """How each worker's CPU per event moved with the number of workers, in words."""
-    base = rows[0]["cpu_us_per_event"]
+    """How each worker's CPU per event moved with the number of workers, in words
+    (against the first row of the same standby count)."""
+    standbys = len({r.get("standby_replicas") for r in rows}) > 1
+    bases: dict[Any, dict[str, Any]] = {}
     parts = []
     for r in rows:
+        base = bases.setdefault(r.get("standby_replicas"), r)
         each = [w["cpu_us_per_event"] for w in r["per_worker"] if w["cpu_us_per_event"]]
         spread = f"{min(each):.0f}" if len(each) < 2 else f"{min(each):.0f}-{max(each):.0f}"
-        change = r["cpu_us_per_event"] / base - 1
+        change = r["cpu_us_per_event"] / base["cpu_us_per_event"] - 1
         parts.append(
-            f"{r['workers']} worker{'s' if r['workers'] > 1 else ''}: {spread} µs"
+            f"{r['workers']} worker{'s' if r['workers'] > 1 else ''}"
+            + (f" ({r.get('standby_replicas')} standby)" if standbys else "")
+            + f": {spread} µs"
             + (" each" if len(each) > 1 else "")
-            + ("" if r is rows[0] else f" ({change:+.0%} against {rows[0]['workers']})")
+            + ("" if r is base else f" ({change:+.0%} against {base['workers']})")
         )
     return "CPU per event of each worker in this run: " + "; ".join(parts) + "."
 
