@@ -45,7 +45,8 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -57,105 +58,35 @@ from streams.exceptions import BrokerError
 from streams.settings import Settings
 
 from . import devbroker
+from .clusterlayout import (
+    CONTROLLER_OFFSET,
+    DEFAULT_HEAP,
+    HOST,
+    MAX_NODES,
+    MIN_INSYNC_REPLICAS,
+    REPLICATION_FACTOR,
+    ClusterLayout,
+    NodeStatus,
+    PartitionState,
+)
 from .devbroker import BrokerPaths
 
-logger = logging.getLogger(__name__)
+__all__ = [
+    "CONTROLLER_OFFSET",
+    "DEFAULT_HEAP",
+    "MAX_NODES",
+    "REPLICATION_FACTOR",
+    "ClusterLayout",
+    "DevCluster",
+    "NodeStatus",
+    "PartitionState",
+]
 
-HOST = "127.0.0.1"
-CONTROLLER_OFFSET = 10
-"""Node i's controller listens on ``base + CONTROLLER_OFFSET + i - 1``."""
-MAX_NODES = CONTROLLER_OFFSET - 1
-DEFAULT_HEAP = "512m"
-REPLICATION_FACTOR = 3
-MIN_INSYNC_REPLICAS = 2
+logger = logging.getLogger(__name__)
 
 
 def _say(text: str) -> None:
     print(text, flush=True)
-
-
-@dataclass(frozen=True)
-class ClusterLayout:
-    """Where the nodes of a cluster listen."""
-
-    base_port: int
-    """Kafka port of node 1; node i serves on ``base_port + i - 1``."""
-    nodes: int = 3
-    """Number of nodes, each a broker and a controller (node ids 1..nodes)."""
-
-    @property
-    def node_ids(self) -> range:
-        """The node ids, 1..nodes."""
-        return range(1, self.nodes + 1)
-
-    def broker_port(self, node: int) -> int:
-        """The Kafka (PLAINTEXT) port of ``node``."""
-        self.check_node(node)
-        return self.base_port + node - 1
-
-    def controller_port(self, node: int) -> int:
-        """The KRaft controller port of ``node``."""
-        self.check_node(node)
-        return self.base_port + CONTROLLER_OFFSET + node - 1
-
-    def address(self, node: int) -> str:
-        """``host:port`` of ``node``'s Kafka listener."""
-        return f"{HOST}:{self.broker_port(node)}"
-
-    @property
-    def ports(self) -> list[int]:
-        """Every port the cluster listens on (brokers, then controllers)."""
-        return [self.broker_port(n) for n in self.node_ids] + [
-            self.controller_port(n) for n in self.node_ids
-        ]
-
-    @property
-    def bootstrap_servers(self) -> list[str]:
-        """Every node's ``host:port``."""
-        return [self.address(n) for n in self.node_ids]
-
-    @property
-    def broker_url(self) -> str:
-        """EVENTIDE_BROKER_URL naming every node (a client still bootstraps with one down)."""
-        return "kafka://" + ";".join(self.bootstrap_servers)
-
-    def check_node(self, node: int) -> None:
-        """Raise :class:`BrokerError` unless ``node`` is one of this cluster's ids."""
-        if node not in self.node_ids:
-            raise BrokerError(f"no node {node}: the cluster has nodes 1 to {self.nodes}")
-
-
-@dataclass(frozen=True)
-class NodeStatus:
-    """What one node is doing."""
-
-    node: int
-    """Node id (1..n)."""
-    address: str
-    """``host:port`` of its Kafka listener."""
-    pid: int | None
-    """Pid of its Java process, None when not running."""
-    answering: bool
-    """It answers a metadata request on its own port."""
-    in_cluster: bool
-    """The cluster lists it among its live brokers (registered, not fenced)."""
-
-    @property
-    def up(self) -> bool:
-        """Running, answering and a live member of the cluster."""
-        return self.pid is not None and self.answering and self.in_cluster
-
-
-@dataclass(frozen=True)
-class PartitionState:
-    """Leader and replicas of one partition, from the cluster's metadata."""
-
-    leader: int | None
-    """Node id of the leader; None while the partition has none."""
-    replicas: tuple[int, ...]
-    """Node ids holding a replica."""
-    isr: tuple[int, ...]
-    """Node ids in the in-sync replica set."""
 
 
 class DevCluster:
@@ -267,12 +198,18 @@ class DevCluster:
         manifest = {"nodes": self.layout.nodes, "heap": self.heap, "cluster_id": cluster_id}
         self.manifest.write_text(json.dumps({**manifest, "base_port": self.layout.base_port}))
         devbroker.install(echo)
+        unformatted = []
         for node in self.layout.node_ids:
             paths = self.paths(node)
             paths.home.mkdir(parents=True, exist_ok=True)
             paths.config.write_text(self.server_properties(node))
             if not (paths.data / "meta.properties").exists():
-                devbroker.format_storage(paths, echo, cluster_id=cluster_id)
+                unformatted.append(paths)
+        with ThreadPoolExecutor(max(1, len(unformatted))) as pool:  # a JVM each, together
+            for done in [
+                pool.submit(devbroker.format_storage, p, echo, (), cluster_id) for p in unformatted
+            ]:
+                done.result()
 
     # -- processes ---------------------------------------------------------
 
