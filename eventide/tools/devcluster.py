@@ -353,25 +353,37 @@ class DevCluster:
             replication_factor=REPLICATION_FACTOR,
         )
 
-    async def partitions(self, topic: str) -> dict[int, PartitionState]:
+    async def partitions(self, topic: str, settle: float = 5.0) -> dict[int, PartitionState]:
         """Leader, replicas and ISR of each partition of ``topic``, from the first
-        node that answers. Raises :class:`BrokerError` if no node answers or the
-        topic does not exist."""
-        meta = await self._metadata([topic])
-        if meta is None:
+        node that knows the topic. A topic created a moment ago may not have
+        reached every node's metadata yet: the others are asked, for up to
+        ``settle`` seconds. Raises :class:`BrokerError` if no node answers or none
+        knows the topic by then."""
+        deadline = time.monotonic() + settle
+        while True:
+            answers = [
+                meta
+                for address in self.layout.bootstrap_servers
+                if (meta := await _ask_metadata(address, [topic], 2.0)) is not None
+            ]
+            known = [m["topics"][0] for m in answers if m["topics"][0]["error_code"] == 0]
+            if known or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        if not answers:
             raise BrokerError(
                 f"no node of the cluster answers ({', '.join(self.layout.bootstrap_servers)})"
             )
-        [found] = meta["topics"]
-        if found["error_code"] != 0:
-            raise BrokerError(f"no metadata for topic {topic!r} (error {found['error_code']})")
+        if not known:
+            code = answers[0]["topics"][0]["error_code"]
+            raise BrokerError(f"no metadata for topic {topic!r} (error {code})")
         return {
             p["partition"]: PartitionState(
                 leader=p["leader"] if p["leader"] >= 0 else None,
                 replicas=tuple(p["replicas"]),
                 isr=tuple(p["isr"]),
             )
-            for p in found["partitions"]
+            for p in known[0]["partitions"]
         }
 
     def partition(self, topic: str, partition: int) -> PartitionState:
