@@ -204,11 +204,19 @@ def commands_row(broker: Broker, encryption: bool, args: argparse.Namespace) -> 
     return row
 
 
+BROKER_VARIABLES = ("EVENTIDE_BROKER_HEAP", "EVENTIDE_BROKER_START_TIMEOUT")
+"""Settings of the environment the brokers started here take."""
+
+
 def start_broker(url: str, secure: bool) -> tuple[Broker, bool]:
     """The broker at ``url`` (started, secured or not, when nothing answers);
     returns it and whether it was started here."""
     settings = Settings.from_env(
-        {"EVENTIDE_BROKER_URL": url, "EVENTIDE_STATE_DIR": str(ROOT / ".eventide")}
+        {
+            "EVENTIDE_BROKER_URL": url,
+            "EVENTIDE_STATE_DIR": str(ROOT / ".eventide"),
+            **{k: os.environ[k] for k in BROKER_VARIABLES if k in os.environ},
+        }
     )
     started = False
     for attempt in (1, 2, 3):
@@ -231,8 +239,8 @@ def start_broker(url: str, secure: bool) -> tuple[Broker, bool]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--orders", type=int, default=40_000, help="order lifecycles pre-loaded")
-    ap.add_argument("--customers", type=int, default=10_000)
+    ap.add_argument("--orders", type=int, default=25_000, help="order lifecycles pre-loaded")
+    ap.add_argument("--customers", type=int, default=5_000)
     ap.add_argument("--commands", type=int, default=3000, help="commands per row (4 per customer)")
     ap.add_argument("--concurrency", type=int, default=16, help="concurrent HTTP clients")
     ap.add_argument("--partitions", type=int, default=8)

@@ -122,11 +122,30 @@ def security_report(result: dict[str, Any], out: Path) -> str:
     return security_markdown(result)
 
 
+def shared_machine(machine: dict[str, Any]) -> str | None:
+    """A warning when the machine was busier than its cores before the run, else None."""
+    try:
+        load, cores = float(machine["load_average"][0]), int(machine["cores"])
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+    if load <= cores:
+        return None
+    return (
+        f"**The machine was shared**: load average {load:.2f} (1 min) before the run on "
+        f"{cores} cores, other programs ran throughout (their cores per window are below). "
+        "The rows of this run share that noise; compare their ratios, not their rates with "
+        "other runs."
+    )
+
+
 def security_markdown(result: dict[str, Any]) -> str:
     """The scenario's page: the rows side by side, the ratios, the factors."""
     names = list(result["rows"])
     labels = [ROWS[n]["label"] for n in names]
     lines = report.header("Security: TLS + SCRAM + encryption beside plaintext", result)
+    warning = shared_machine(result["machine"])
+    if warning:
+        lines += [warning, ""]
     lines += [
         "| figure | " + " | ".join(labels) + " | secured / plaintext |",
         "|---|" + "---:|" * (len(names) + 1),

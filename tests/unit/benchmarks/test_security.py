@@ -159,3 +159,10 @@ def test_an_unknown_row_is_refused_before_anything_starts(capsys):
     with pytest.raises(SystemExit):
         security.main(["--rows", "plain,tls"])
     assert "--rows: unknown tls" in capsys.readouterr().err
+
+
+def test_a_run_on_a_machine_busier_than_its_cores_says_it_was_shared():
+    page = security_report.security_markdown(THREE)
+    assert "**The machine was shared**: load average 3.10 (1 min) before the run on 2 cores" in page
+    quiet = {**THREE, "machine": {**MACHINE, "load_average": ["0.40", "0.30", "0.20"]}}
+    assert "shared" not in security_report.security_markdown(quiet)
