@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or not rows:
         ap.error(f"--rows: unknown {','.join(unknown)}; choose among {','.join(ROWS)}")
     secure_broker = args.secure_broker or secure_url(args.broker)
-    command = report.command_line("benchmarks.security", argv)
+    command = report.command_line("benchmarks.security", argv, env=BROKER_VARIABLES)
     machine = report.machine()
     when = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     workdir = Path(tempfile.mkdtemp(prefix="eventide-security-"))
