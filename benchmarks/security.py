@@ -31,6 +31,11 @@ Each row measures:
    by :func:`benchmarks.commands.run_backend` with customer lifecycles: create a
    customer (personal fields), place, pay and ship an order of theirs.
 
+``--kafka-client`` picks the worker's client: with aiokafka the worker on the
+SASL_SSL broker loops through rebalances (its changelog recovery, one new TLS +
+SCRAM connection per partition, runs in the rebalance callback, when aiokafka
+sends no heartbeat), so the reference run uses confluent (benchmarks/README.md).
+
 Ratios are to the ``plain`` row of the same run: ``plain+pii / plain`` is
 what encryption costs, ``secured+pii / plain+pii`` what TLS + SCRAM cost, and
 ``secured+pii / plain`` both. Brokers not answering are started here and
