@@ -47,7 +47,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from dataclasses import fields
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -118,11 +118,8 @@ async def _drop_pg_database(admin_url: str, url: str) -> None:
 
 
 def _start(command: str, settings: Settings, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ}
-    env.update(
-        {f"EVENTIDE_{f.name.upper()}": str(getattr(settings, f.name)) for f in fields(settings)}
-    )
-    env["EVENTIDE_DATABASE_URL"] = settings.database_url.reveal()
+    # to_env(): secrets in clear (a KEK, a Kafka password), not their "***"
+    env = {**os.environ, **settings.to_env()}
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "eventide.cli", command],
@@ -153,13 +150,48 @@ async def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, token:
     raise SystemExit(f"eventide api not ready:\n{log.read_text()[-3000:]}")
 
 
+Lifecycle = Callable[[str], list[tuple[str, bytes]]]
+"""An entity id → the (path, JSON body) of the commands one client sends in turn."""
+
+
+def order_lifecycle(oid: str) -> list[tuple[str, bytes]]:
+    """Place, pay and ship order ``oid`` (no personal data)."""
+    return [
+        ("/orders", b'{"orderId":"%s","customerId":"c-1","items":[{"sku":"sku-book",'
+         b'"quantity":2,"unitPrice":12.5}]}' % oid.encode()),
+        (f"/orders/{oid}/payment", b'{"paymentId":"p-%s"}' % oid.encode()),
+        (f"/orders/{oid}/shipment", b'{"trackingNumber":"T","carrier":"DHL"}'),
+    ]  # fmt: skip
+
+
+def customer_lifecycle(oid: str) -> list[tuple[str, bytes]]:
+    """Create customer ``u-<oid>`` (e-mail and name: personal, encrypted with
+    EVENTIDE_PII_ENCRYPTION under a new data key), then place, pay and ship an order
+    of theirs."""
+    user = f"u-{oid}".encode()
+    steps = [
+        ("/users", b'{"userId":"%s","email":"%s@example.com","name":"Customer %s"}'
+         % (user, oid.encode(), oid.encode())),
+        *order_lifecycle(oid),
+    ]  # fmt: skip
+    path, body = steps[1]
+    steps[1] = (path, body.replace(b'"customerId":"c-1"', b'"customerId":"%s"' % user))
+    return steps
+
+
 async def _drive(
-    url: str, commands: int, concurrency: int, tag: str, token: str = ""
+    url: str,
+    commands: int,
+    concurrency: int,
+    tag: str,
+    token: str = "",
+    lifecycle: Lifecycle = order_lifecycle,
 ) -> tuple[list[float], float]:
-    """Order lifecycles from ``concurrency`` clients, each on its own keep-alive
-    connection (:mod:`benchmarks.httpdrive`); returns (latencies, seconds)."""
+    """Lifecycles (``lifecycle``, each a new entity) from ``concurrency`` clients, each on
+    its own keep-alive connection (:mod:`benchmarks.httpdrive`); returns (latencies, seconds)."""
     host, port = url.removeprefix("http://").rsplit(":", 1)
     latencies: list[float] = []
+    per = len(lifecycle("x"))
     next_order = 0
     sent = 0
     done_marks = max(1, commands // 10)
@@ -169,15 +201,10 @@ async def _drive(
         nonlocal next_order, sent
         conn = await Connection(host, int(port), token).open()
         try:
-            while sent + 3 <= commands and next_order * 3 < commands:
+            while sent + per <= commands and next_order * per < commands:
                 oid = f"{tag}-{next_order}"
                 next_order += 1
-                for path, body in (
-                    ("/orders", b'{"orderId":"%s","customerId":"c-1","items":[{"sku":"sku-book",'
-                     b'"quantity":2,"unitPrice":12.5}]}' % oid.encode()),
-                    (f"/orders/{oid}/payment", b'{"paymentId":"p-%s"}' % oid.encode()),
-                    (f"/orders/{oid}/shipment", b'{"trackingNumber":"T","carrier":"DHL"}'),
-                ):  # fmt: skip
+                for path, body in lifecycle(oid):
                     started = clock()
                     status, answer = await conn.post(path, body)
                     if status != 201:
@@ -225,9 +252,24 @@ async def _relay_lags(
 
 
 async def run_backend(
-    base: Settings, backend: str, admin_url: str | None, args: argparse.Namespace
+    base: Settings,
+    backend: str,
+    admin_url: str | None,
+    args: argparse.Namespace,
+    env: dict[str, str] | None = None,
+    reader_env: dict[str, str] | None = None,
+    lifecycle: Lifecycle = order_lifecycle,
+    tag: str | None = None,
 ) -> dict[str, Any]:
-    tag = uuid.uuid4().hex[:8]
+    """One measured run of the API (and its relay) on a fresh database and fresh topics.
+
+    ``env``: EVENTIDE_* of the API and relay on top of the run's own (Kafka security,
+    EVENTIDE_PII_ENCRYPTION); ``reader_env``: on top of those, of this process's
+    read-back of the events (a principal allowed to read them); ``lifecycle``: the
+    commands each client sends per entity; ``tag``: names the topics, app id and groups
+    (``bench-<tag>``; default random).
+    """
+    tag = tag or uuid.uuid4().hex[:8]
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-commands-{backend}-"))
     if backend == "postgresql":
         assert admin_url is not None
@@ -249,8 +291,10 @@ async def run_backend(
             # the tokens of the environment (EVENTIDE_HTTP_TOKEN is sent); no rate limit
             **http_env(base),
             "EVENTIDE_HTTP_RATE_LIMIT": "0",
+            **(env or {}),
         }
     )
+    reader = Settings.from_env({**settings.to_env(), **(reader_env or {})})
     await _create_topics(settings)
     log = workdir / "api.log"
     proc = _start("api", settings, log)
@@ -266,6 +310,7 @@ async def run_backend(
             args.concurrency,
             f"warm-{tag}",
             settings.http_token.reveal(),
+            lifecycle,
         )
         print(f"{backend}: {args.commands} commands, {args.concurrency} clients", file=sys.stderr)
         groups = {"api": (proc.pid, True), "driver": (os.getpid(), False)}
@@ -286,13 +331,19 @@ async def run_backend(
         meter = CpuMeter(groups)
         meter.start()
         latencies, seconds = await _drive(
-            url, args.commands, args.concurrency, f"run-{tag}", settings.http_token.reveal()
+            url,
+            args.commands,
+            args.concurrency,
+            f"run-{tag}",
+            settings.http_token.reveal(),
+            lifecycle,
         )
         cores = meter.stop()
         for profiler in profilers:
             profiler.send_signal(signal.SIGINT)
             profiler.wait(30)
-        lags = await _relay_lags(settings, expected=len(latencies), prefix=f"run-{tag}")
+        orders = len(latencies) * len(order_lifecycle("x")) // len(lifecycle("x"))
+        lags = await _relay_lags(reader, expected=orders, prefix=f"run-{tag}")
     finally:
         for child in (proc, relay, *profilers):
             if child is not None and child.poll() is None:

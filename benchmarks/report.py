@@ -46,6 +46,8 @@ SCENARIOS: dict[str, str] = {
     "(`python -m benchmarks.codecs`)",
     "commands": "the command API and the outbox relay: commands/s, latency, relay lag "
     "(`python -m benchmarks.commands`)",
+    "security": "drain rate and command rate with TLS + SCRAM + ACLs + personal-data "
+    "encryption beside plaintext, and what each factor costs (`python -m benchmarks.security`)",
 }
 """Scenario (folder name under docs/benchmarks/) → what it measures."""
 
@@ -306,6 +308,16 @@ def _commands(r: dict[str, Any]) -> str:
     )
 
 
+def _security(r: dict[str, Any]) -> str:
+    plain, secured = r["rows"]["plain"], r["rows"]["secured+pii"]
+    parts = []
+    for part, key, unit in (("drain", "events_per_s", "events/s"), ("commands",
+                            "commands_per_s", "commands/s")):  # fmt: skip
+        a, b = secured[part][key], plain[part][key]
+        parts.append(f"{part} {ratio(a, b)} ({a:,.0f} vs {b:,.0f} {unit})")
+    return "TLS + SCRAM + encryption / plaintext: " + ", ".join(parts)
+
+
 HEADLINES = {
     "throughput": _throughput,
     "scaling": _scaling,
@@ -315,6 +327,7 @@ HEADLINES = {
     "crash": _crash,
     "codecs": _codecs,
     "commands": _commands,
+    "security": _security,
 }
 """Scenario → its main figures in one line, for the index."""
 
