@@ -103,16 +103,70 @@ PII_KEYS = TopicSpec(
     ),
 )
 
+INVENTORY_COMMANDS = TopicSpec(
+    "inventory-commands",
+    "orderId",
+    "the order saga's commands to the inventory service: inventory.reserve, inventory.release",
+    consumed=False,
+    retention_ms=KEEP_FOREVER,
+)
+PAYMENT_COMMANDS = TopicSpec(
+    "payment-commands",
+    "orderId",
+    "the order saga's commands to the payment service: payment.process, payment.refund",
+    consumed=False,
+    retention_ms=KEEP_FOREVER,
+)
+SHIPMENT_COMMANDS = TopicSpec(
+    "shipment-commands",
+    "orderId",
+    "the order saga's commands to the shipment service: shipment.create, shipment.cancel",
+    consumed=False,
+    retention_ms=KEEP_FOREVER,
+)
+SAGA_REPLIES = TopicSpec(
+    "saga-replies",
+    "orderId",
+    "the participants' replies to the order saga's commands (reserved/rejected, "
+    "processed/failed, created/failed, released/refunded/cancelled)",
+    retention_ms=KEEP_FOREVER,
+)
+SAGA_TICKS = TopicSpec(
+    "saga-ticks",
+    "none (one record per partition per EVENTIDE_SAGA_TICK_MS)",
+    "the saga orchestrator's clock: each owner of partition p writes a tick to p, and "
+    "applying it runs the sagas of p whose deadline has passed",
+    retention_ms=3_600_000,
+)
+SAGA_COMMAND_TOPICS = {
+    "inventory": INVENTORY_COMMANDS,
+    "payment": PAYMENT_COMMANDS,
+    "shipment": SHIPMENT_COMMANDS,
+}
+"""The command topic of each saga participant."""
+
 CATALOGUE: tuple[TopicSpec, ...] = (
     USER_EVENTS,
     ORDER_EVENTS,
     CUSTOMER_FACTS,
     ORDER_VIEWS,
     PII_KEYS,
+    INVENTORY_COMMANDS,
+    PAYMENT_COMMANDS,
+    SHIPMENT_COMMANDS,
+    SAGA_REPLIES,
+    SAGA_TICKS,
 )
 
 
-KEY_FIELDS = {"order": "orderId", "user": "userId"}
+KEY_FIELDS = {
+    "order": "orderId",
+    "user": "userId",
+    # the order saga's commands and replies are keyed by the order they serve
+    "inventory": "orderId",
+    "payment": "orderId",
+    "shipment": "orderId",
+}
 
 
 def key_of(event: Envelope) -> str:
