@@ -140,26 +140,34 @@ async def scripted_participant(
         group_id=f"{settings.app_id}-script",
         **aiokafka_options(settings),
     )
-    commands: dict[str, list[Envelope]] = {}
+    commands: dict[str, list[tuple[int, Envelope]]] = {}
     seen: dict[str, int] = {}
     await consumer.start()
     try:
         async with EventPublisher(settings, codec) as publisher:
-            while not stop.is_set():
+            end: dict[Any, int] | None = None
+            while end is None or any(await _behind(consumer, end)):
+                if end is None and stop.is_set():  # drain what was sent before the stop
+                    end = await consumer.end_offsets(list(consumer.assignment()))
                 batch = await consumer.getmany(timeout_ms=100)
                 replies: list[Envelope] = []
                 for records in batch.values():
                     for record in records:
                         command = codec.decode(record.value, record.headers)
                         oid = command.data["orderId"]
-                        commands.setdefault(oid, []).append(command)
+                        commands.setdefault(oid, []).append((record.timestamp, command))
                         seen[command.id] = seen.get(command.id, 0) + 1
                         replies += answer(command, scripts[oid], seen)
                 if replies:
                     await publisher.publish(settings.topic(SAGA_REPLIES.name), replies)
     finally:
         await consumer.stop()
-    return commands
+    # in the order the saga sent them (the topics are read side by side)
+    return {oid: [c for _, c in sorted(cs, key=lambda x: x[0])] for oid, cs in commands.items()}
+
+
+async def _behind(consumer: AIOKafkaConsumer, end: dict[Any, int]) -> list[bool]:
+    return [await consumer.position(tp) < offset for tp, offset in end.items()]
 
 
 def placed(order_id: str) -> Envelope:
@@ -228,7 +236,7 @@ def saga_run(kafka: Settings, tmp_path_factory) -> Iterator[tuple[Settings, dict
                     )
                     await publisher.publish(settings.topic(SAGA_REPLIES.name), [early])
         sagas = await asyncio.to_thread(wait_finished, settings, list(scripts))
-        await asyncio.sleep(2.5)  # long enough for a stray resend or timeout to show
+        await asyncio.sleep(3)  # long enough for a stray resend to show
         stop.set()
         return sagas, await task
 
