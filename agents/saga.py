@@ -1,13 +1,15 @@
 """The order saga orchestrator: a projection on the batch engine.
 
 Sources (co-partitioned, keyed by orderId): ``order-events`` (``order.placed``
-starts a saga), ``saga-replies`` (the participants' answers) and
-``saga-ticks`` (the clock). Its table ``sagas`` (orderId → state,
-tables/readmodels/saga.py) has a changelog like every read model, and the
-commands it sends are the batch's outputs: the engine produces them before
-the batch's changelog and offsets, so a batch replayed after ``kill -9`` sends
-them again with the same deterministic ids (participants deduplicate by id)
-and a state is never committed without its commands.
+starts a saga) and ``saga-replies``: the participants' answers and the clock,
+ticks under the key ``\\x00tick`` (streams/ticks.py) in the same log as the
+answers, so their order, and the decisions, are the same on every replay. Its
+table ``sagas`` (orderId → state, tables/readmodels/saga.py) has a changelog
+like every read model, and the commands it sends are the batch's outputs: the
+engine produces them before the batch's changelog and offsets, so a batch
+replayed after ``kill -9`` sends them again with the same deterministic ids
+(participants deduplicate by id) and a state is never committed without its
+commands.
 
 "Now" is the applied record's timestamp (a tick carries its own), never the
 wall clock: a replayed batch decides the same. Deadlines are indexed in the
@@ -26,11 +28,12 @@ import orjson
 
 from schemas.codecs import EventCodec
 from schemas.envelope import Envelope
+from schemas.exceptions import EventError
 from streams.catalogue import (
     ORDER_EVENTS,
     SAGA_COMMAND_TOPICS,
     SAGA_REPLIES,
-    SAGA_TICKS,
+    TICK_KEY,
 )
 from streams.exceptions import RecordKeyError
 from streams.projection import BatchContext, Projection, Query, projection
@@ -66,7 +69,7 @@ def due_key(second: int) -> bytes:
 
 @projection(
     saga.TABLE_NAME,
-    sources=(ORDER_EVENTS, SAGA_REPLIES, SAGA_TICKS),
+    sources=(ORDER_EVENTS, SAGA_REPLIES),
     outputs=(*SAGA_COMMAND_TOPICS.values(), ORDER_EVENTS),
     query=Query("sagas", "orderId"),
     rebuildable=False,  # it sends commands: replaying its sources would send them again
@@ -76,7 +79,7 @@ class SagaProjection(Projection):
 
     def __init__(self, settings: Settings, codec: EventCodec) -> None:
         super().__init__(settings, codec)
-        self.orders_topic, self.replies_topic, self.ticks_topic = self.sources
+        self.orders_topic, self.replies_topic = self.sources
         self.timing = saga.Timing(settings.saga_step_timeout_ms, settings.saga_retry_ms)
         self.command_topics = {
             step: settings.topic(spec.name) for step, spec in SAGA_COMMAND_TOPICS.items()
@@ -87,28 +90,41 @@ class SagaProjection(Projection):
     # -- records ---------------------------------------------------------------
 
     def apply(self, ctx: BatchContext, record: Any) -> None:
-        if record.topic == self.ticks_topic:
+        if record.key == TICK_KEY:
             self._tick(ctx, record)
-            return
-        envelope = self.codec.decode(record.value, record.headers)
-        order_id = envelope.data.get("orderId")
-        if not isinstance(order_id, str) or not order_id:
-            raise RecordKeyError(record.key, str(order_id), "orderId")
-        key = order_id.encode()
-        if record.key != key:
-            raise RecordKeyError(record.key, order_id, "orderId")
-        now = record.timestamp
-        current = ctx.tx.get(key)
-        if record.topic == self.orders_topic:
-            if envelope.name != "order.placed":
-                return  # other order events (and the saga's own outcome) start nothing
-            if current is not None:
-                self._count("ignored_reply")
-                return  # the same order placed again: one saga per order
-            outcome = saga.start(envelope, now, self.timing)
+        elif record.topic == self.orders_topic:
+            try:
+                self._start(ctx, record)
+            except EventError:
+                return  # bad input: the orders projection dead-letters it, once
         else:
-            outcome = saga.on_reply(current, envelope, now, self.timing)
+            reply = self.codec.decode(record.value, record.headers)
+            key = self._key(record, reply)
+            current = ctx.tx.get(key)
+            outcome = saga.on_reply(current, reply, record.timestamp, self.timing)
+            self._done(ctx, key, current, outcome, record.partition)
+
+    def _start(self, ctx: BatchContext, record: Any) -> None:
+        """A saga for an ``order.placed``; other order events (and the saga's own
+        outcome events) start nothing, and an order placed again starts nothing."""
+        envelope = self.codec.decode(record.value, record.headers)
+        if envelope.name != "order.placed":
+            return
+        key = self._key(record, envelope)
+        current = ctx.tx.get(key)
+        if current is not None:
+            self._count("ignored_reply")
+            return
+        outcome = saga.start(envelope, record.timestamp, self.timing)
         self._done(ctx, key, current, outcome, record.partition)
+
+    @staticmethod
+    def _key(record: Any, envelope: Envelope) -> bytes:
+        """The record's key, checked to be the event's orderId (:class:`RecordKeyError`)."""
+        order_id = envelope.data.get("orderId")
+        if not isinstance(order_id, str) or not order_id or record.key != order_id.encode():
+            raise RecordKeyError(record.key, str(order_id), "orderId")
+        return record.key
 
     def _tick(self, ctx: BatchContext, record: Any) -> None:
         """Run the sagas of this partition whose deadline is at or before the tick."""

@@ -43,6 +43,8 @@ SCENARIOS: dict[str, str] = {
     "(`python -m benchmarks.codecs`)",
     "commands": "the command API and the outbox relay: commands/s, latency, relay lag "
     "(`python -m benchmarks.commands`)",
+    "sagas": "order sagas per second and saga duration p50/p99 with 0 % and 10 % injected "
+    "failures, three demo participants (`python -m benchmarks.sagas`)",
 }
 """Scenario (folder name under docs/benchmarks/) → what it measures."""
 
@@ -283,6 +285,14 @@ def _commands(r: dict[str, Any]) -> str:
     )
 
 
+def _sagas(r: dict[str, Any]) -> str:
+    return "; ".join(
+        f"{x['failure_rate']:.0%} failures: {x['sagas_per_s']:,.1f} sagas/s, "
+        f"p50 {x['duration_p50_ms']:,.0f} ms, p99 {x['duration_p99_ms']:,.0f} ms"
+        for x in r["results"]
+    )
+
+
 HEADLINES = {
     "throughput": _throughput,
     "scaling": _scaling,
@@ -291,6 +301,7 @@ HEADLINES = {
     "crash": _crash,
     "codecs": _codecs,
     "commands": _commands,
+    "sagas": _sagas,
 }
 """Scenario → its main figures in one line, for the index."""
 

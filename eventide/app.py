@@ -142,7 +142,7 @@ def create_app(settings: Settings) -> EventideApp:
         await lag.run()
 
     if sagas:
-        ticker = Ticker(engine, sagas[0].ticks_topic, settings.saga_tick_ms)
+        ticker = Ticker(engine, sagas[0].replies_topic, settings.saga_tick_ms)
 
         @app.task
         async def tick_sagas() -> None:

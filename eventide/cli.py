@@ -549,9 +549,8 @@ def dlq_replay(
     click.echo(f"replayed {sent} record(s)")
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
-
-
 main.add_command(participant)
 main.add_command(saga)
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -128,16 +128,13 @@ SAGA_REPLIES = TopicSpec(
     "saga-replies",
     "orderId",
     "the participants' replies to the order saga's commands (reserved/rejected, "
-    "processed/failed, created/failed, released/refunded/cancelled)",
+    "processed/failed, created/failed, released/refunded/cancelled), and the saga's "
+    "clock: ticks under the key 0x00 'tick' that each worker writes to the partitions it owns",
     retention_ms=KEEP_FOREVER,
 )
-SAGA_TICKS = TopicSpec(
-    "saga-ticks",
-    "none (one record per partition per EVENTIDE_SAGA_TICK_MS)",
-    "the saga orchestrator's clock: each owner of partition p writes a tick to p, and "
-    "applying it runs the sagas of p whose deadline has passed",
-    retention_ms=3_600_000,
-)
+TICK_KEY = b"\x00tick"
+"""Key of the saga's clock records on saga-replies (streams/ticks.py); no entity id
+starts with 0x00, so a tick is never taken for an entity's record."""
 SAGA_COMMAND_TOPICS = {
     "inventory": INVENTORY_COMMANDS,
     "payment": PAYMENT_COMMANDS,
@@ -155,7 +152,6 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     PAYMENT_COMMANDS,
     SHIPMENT_COMMANDS,
     SAGA_REPLIES,
-    SAGA_TICKS,
 )
 
 

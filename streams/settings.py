@@ -304,7 +304,7 @@ class Settings:
     time is sent again (same command id), until it is acknowledged."""
 
     saga_tick_ms: int = setting(500, _int(10, 60_000))
-    """EVENTIDE_SAGA_TICK_MS: how often a worker writes a tick to each saga-ticks
+    """EVENTIDE_SAGA_TICK_MS: how often a worker writes a tick to each saga-replies
     partition it owns; deadlines are checked when a tick is applied, so a timeout
     fires up to this much late."""
 

@@ -1,11 +1,14 @@
 """A clock for projections whose state has deadlines (the order saga).
 
 The engine applies records, nothing else: a deadline is noticed when a record
-arrives. :class:`Ticker` writes one small record per interval to every
-partition of a tick topic that this worker's engine owns, ``{"now": <ms>}``;
-the projection applies it like any record (its time is in the record, so a
-replayed tick decides the same) and runs what is due. A partition moved to
-another worker is ticked by its new owner from its first assignment.
+arrives. :class:`Ticker` writes one small record per interval, key
+:data:`TICK_KEY`, value ``{"now": <ms>}``, to every partition this worker's
+engine owns of a topic the projection consumes. The projection applies it like
+any record and runs what is due. The tick goes to the topic the answers come
+on (``saga-replies``), not a topic of its own: within a partition the log
+orders ticks and replies, so a reply written before the deadline's tick is
+applied before it, after a restart too, and a replayed batch decides the same.
+A partition moved to another worker is ticked by its new owner.
 """
 
 from __future__ import annotations
@@ -16,11 +19,10 @@ import time
 
 import orjson
 
+from .catalogue import TICK_KEY
 from .engine import ProjectionEngine
 
 logger = logging.getLogger(__name__)
-
-TICK_KEY = b"tick"
 
 
 class Ticker:

@@ -17,7 +17,9 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer
+from click.testing import CliRunner
 
+from eventide.cli import main
 from eventide.tools.demo import fetch_json
 from schemas import new_event
 from schemas.codecs import EventCodec
@@ -300,3 +302,15 @@ def test_duplicated_and_out_of_order_replies_change_nothing(saga_run):
     assert 'eventide_sagas_total{outcome="completed"} 2.0' in metrics
     assert 'eventide_sagas_total{outcome="compensated"} 7.0' in metrics
     assert 'eventide_sagas_total{outcome="timed_out"} 3.0' in metrics
+
+
+def test_saga_show_prints_the_state_and_history(saga_run):
+    settings, scripts, _, _ = saga_run
+    oid = next(o for o in scripts if o.startswith("fail-shipment"))
+    result = CliRunner().invoke(main, ["saga", "show", oid], env=settings.to_env())
+    assert result.exit_code == 0, result.output
+    assert f"of order {oid}: failed" in result.output
+    assert "compensations run: payment, inventory" in result.output
+    assert "shipment.failed" in result.output and "payment.refund" in result.output
+    missing = CliRunner().invoke(main, ["saga", "show", "no-such-order"], env=settings.to_env())
+    assert missing.exit_code == 1 and "404" in missing.output

@@ -9,6 +9,7 @@ import orjson
 from agents.saga import CURSOR_KEY, SagaProjection, due_key
 from schemas import new_event
 from schemas.codecs import EventCodec
+from streams.catalogue import TICK_KEY
 from streams.projection import BatchContext
 from streams.settings import Settings
 from tables.store import PartitionStore
@@ -43,11 +44,11 @@ def test_a_restarted_store_finds_due_sagas_by_its_index_and_times_them_out(tmp_p
     store.close()
 
     store = PartitionStore(tmp_path / "p0")  # "restarted": only what RocksDB holds
-    tick = projection.ticks_topic
+    tick = projection.replies_topic
     ctx = BatchContext(Transaction(store))
-    projection.apply(ctx, record(tick, b"tick", orjson.dumps({"now": 6_999}), 0))
+    projection.apply(ctx, record(tick, TICK_KEY, orjson.dumps({"now": 6_999}), 0))
     assert ctx.sends == []
-    projection.apply(ctx, record(tick, b"tick", orjson.dumps({"now": 7_000}), 0))
+    projection.apply(ctx, record(tick, TICK_KEY, orjson.dumps({"now": 7_000}), 0))
     assert [s[0] for s in ctx.sends] == [settings.topic("order-events")]  # saga_failed
     ctx.tx.commit()
     assert store.get(b"o-1")["status"] == "failed"
