@@ -73,15 +73,16 @@ def faust_options(settings: Settings) -> dict[str, Any]:
 
 
 def select_projections(settings: Settings) -> list[type[Projection]]:
-    """The declared projections EVENTIDE_PROJECTIONS names (all by default).
+    """The declared projections EVENTIDE_PROJECTIONS names (all by default; ``all``
+    includes the order saga only with EVENTIDE_SAGAS=true).
 
     Raises :class:`SettingsError` naming the variable and the declared names
     when it names one that no module of ``agents/`` declares.
     """
     declared = {cls.spec.name: cls for cls in PROJECTIONS}
     names = settings.projection_names
-    if names is None:
-        return list(PROJECTIONS)
+    if names is None:  # the saga sends commands and events: only when asked for
+        return [cls for cls in PROJECTIONS if cls is not SagaProjection or settings.sagas]
     unknown = [n for n in names if n not in declared]
     if unknown:
         raise SettingsError(

@@ -295,6 +295,12 @@ class Settings:
     """EVENTIDE_PII_KEK_FILE: file holding the KEKs, one entry per line, the current
     one first; empty: ``<state_dir>/pii-kek``, generated on first use (development)."""
 
+    sagas: bool = setting(False, _bool)
+    """EVENTIDE_SAGAS: with EVENTIDE_PROJECTIONS=all, also run the order saga
+    orchestrator (the ``sagas`` projection), which sends commands to the
+    participants and ``order.saga_*`` events to order-events. Off by default;
+    naming ``sagas`` in EVENTIDE_PROJECTIONS runs it too."""
+
     saga_step_timeout_ms: int = setting(10_000, _int(10, 86_400_000))
     """EVENTIDE_SAGA_STEP_TIMEOUT_MS: a saga step (reserve, pay, ship) with no reply
     within this time has failed: the saga compensates the steps done."""

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from schemas.envelope import Envelope, new_event
+from schemas.exceptions import EventideError
 from streams.catalogue import ORDER_EVENTS
 from streams.produce import EventPublisher
 from streams.settings import Settings
@@ -20,6 +21,10 @@ from .demo import SKUS, fetch_json
 from .participant import SERVICES, run_participants
 
 FINISHED = ("completed", "failed")
+
+
+class SagasNotRunError(EventideError):
+    """The worker asked does not run the saga projection."""
 
 
 def fetch_saga(settings: Settings, order_id: str) -> tuple[int, Any]:
@@ -88,6 +93,11 @@ def wait_sagas(
             code, body = fetch_saga(settings, oid)
             if code == 200:
                 sagas[oid] = body
+            elif code == 404 and "does not run" in str(body):
+                raise SagasNotRunError(
+                    f"the worker at {settings.web_url} does not run the order saga: "
+                    "start it with EVENTIDE_SAGAS=true (or sagas in EVENTIDE_PROJECTIONS)"
+                )
         done = sum(1 for s in sagas.values() if s["status"] in FINISHED)
         if time.monotonic() - last >= 1.0 or done == len(order_ids):
             last = time.monotonic()

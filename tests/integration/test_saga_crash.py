@@ -17,10 +17,10 @@ pytestmark = pytest.mark.integration
 def test_after_kill_9_every_saga_is_completed_or_fully_compensated(kafka: Settings, tmp_path):
     result = saga_crash.run(
         kafka.broker_url,
-        sagas=150,
+        sagas=120,
         kills=2,
         failure_rate=0.1,
-        chunks=6,
+        chunks=4,
         pause=1.0,
         workdir=tmp_path,
         log=lambda line: None,

@@ -9,8 +9,11 @@ from streams.exceptions import SettingsError
 from streams.settings import Settings
 
 
-def test_every_declared_projection_runs_by_default():
-    assert select_projections(Settings.from_env({})) == list(PROJECTIONS)
+def test_every_declared_projection_runs_by_default_the_saga_when_enabled():
+    assert select_projections(Settings.from_env({})) == list(PROJECTIONS[:3])
+    assert select_projections(Settings.from_env({"EVENTIDE_SAGAS": "true"})) == list(PROJECTIONS)
+    named = Settings.from_env({"EVENTIDE_PROJECTIONS": "orders,sagas"})
+    assert [cls.spec.name for cls in select_projections(named)] == ["orders", "sagas"]
     assert [cls.spec.name for cls in PROJECTIONS] == [
         "orders",
         "customers",

@@ -7,6 +7,7 @@ from typing import Any
 from schemas import new_event
 from schemas.envelope import Envelope
 from tables.readmodels import saga
+from tables.readmodels.orders import apply_order_event
 
 T = saga.Timing(step_timeout_ms=1000, retry_ms=300)
 RESULTS = {
@@ -108,3 +109,16 @@ def test_a_late_success_of_a_timed_out_step_is_compensated_too():
     assert [e.name for e in late.events] == ["inventory.release"]
     state = saga.on_reply(late.state, reply(late.state, "inventory.released"), 2001, T).state
     assert state["status"] == "failed" and state["compensated"] == ["inventory"]
+
+
+def test_the_order_read_model_shows_the_saga_outcome_and_keeps_its_status():
+    order = placed()
+    view = apply_order_event(None, order)
+    state = saga.start(order, 0, T).state
+    state = saga.on_deadline(state, 1000, T).state
+    failed = saga.on_deadline(saga.start(order, 0, T).state, 1000, T).events[0]
+    assert failed.name == "order.saga_failed"
+    view = apply_order_event(view, failed)
+    assert view is not None and view["status"] == "pending"
+    assert view["saga"]["outcome"] == "failed" and view["saga"]["failedStep"] == "inventory"
+    assert view["saga"]["sagaId"] == state["sagaId"]
