@@ -11,8 +11,15 @@ replayed after ``kill -9`` sends them again with the same deterministic ids
 (participants deduplicate by id) and a state is never committed without its
 commands.
 
-"Now" is the applied record's timestamp (a tick carries its own), never the
-wall clock: a replayed batch decides the same. Deadlines are indexed in the
+Timeouts are decided by ticks, whose time is in the record: within a
+partition the log orders ticks and replies, so a replay decides the same. A
+step's deadline is set from the clock when the step starts (never before the
+record's timestamp): orders and answers that waited while the worker was down
+get their full timeout after a restart instead of timing out at once. A
+replayed batch may set a later deadline than the first run did; that changes
+a decision only if a tick fired within the replayed span, i.e. if the step
+timeout were shorter than a batch's commit (two broker round trips).
+Deadlines are indexed in the
 table itself, per second, under ``\\x00due:<second>`` (orderId → deadline), with
 ``\\x00due-cursor`` the first second not yet scanned; a tick scans the seconds up
 to its time. A restarted worker, or one newly assigned the partition, restores
@@ -22,6 +29,7 @@ the index from the changelog and finds the due sagas at its first tick.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -60,6 +68,11 @@ NOTE_METRIC = {
     "timed-out": "timed_out",
     "ignored": "ignored_reply",
 }
+
+
+def _now(record: Any) -> int:
+    """The time a step started or answered: the clock, never before the record."""
+    return max(record.timestamp, int(time.time() * 1000))
 
 
 def due_key(second: int) -> bytes:
@@ -101,7 +114,7 @@ class SagaProjection(Projection):
             reply = self.codec.decode(record.value, record.headers)
             key = self._key(record, reply)
             current = ctx.tx.get(key)
-            outcome = saga.on_reply(current, reply, record.timestamp, self.timing)
+            outcome = saga.on_reply(current, reply, _now(record), self.timing)
             self._done(ctx, key, current, outcome, record.partition)
 
     def _start(self, ctx: BatchContext, record: Any) -> None:
@@ -115,7 +128,7 @@ class SagaProjection(Projection):
         if current is not None:
             self._count("ignored_reply")
             return
-        outcome = saga.start(envelope, record.timestamp, self.timing)
+        outcome = saga.start(envelope, _now(record), self.timing)
         self._done(ctx, key, current, outcome, record.partition)
 
     @staticmethod

@@ -321,7 +321,7 @@ class Settings:
 
     participant_latency_ms: int = setting(0, _int(0, 600_000))
     """EVENTIDE_PARTICIPANT_LATENCY_MS: delay before a demo participant applies
-    and answers each command."""
+    and answers each batch of commands it fetches."""
 
     participant_never_answer: bool = setting(False, _bool)
     """EVENTIDE_PARTICIPANT_NEVER_ANSWER: the demo participant neither applies nor

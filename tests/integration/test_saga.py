@@ -216,9 +216,11 @@ def saga_run(kafka: Settings, tmp_path_factory) -> Iterator[tuple[Settings, dict
             "EVENTIDE_STATE_DIR": str(root / "state"),
             "EVENTIDE_WEB_PORT": str(free_port()),
             "EVENTIDE_HTTP_RATE_LIMIT": "0",
-            "EVENTIDE_SAGA_STEP_TIMEOUT_MS": "2000",
-            "EVENTIDE_SAGA_RETRY_MS": "800",
-            "EVENTIDE_SAGA_TICK_MS": "200",
+            "EVENTIDE_SAGAS": "true",
+            # generous: the machine is shared, and a slow answer must not read as a timeout
+            "EVENTIDE_SAGA_STEP_TIMEOUT_MS": "8000",
+            "EVENTIDE_SAGA_RETRY_MS": "2000",
+            "EVENTIDE_SAGA_TICK_MS": "250",
         }
     )
     worker = WorkerProcess(settings, root / "worker.log").start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 
 import orjson
@@ -37,19 +38,23 @@ def test_a_restarted_store_finds_due_sagas_by_its_index_and_times_them_out(tmp_p
         },
     )
     ctx = BatchContext(Transaction(store))
-    projection.apply(ctx, record(projection.orders_topic, b"o-1", codec.encode_json(event), 5_000))
+    placed_at = (int(time.time()) + 3600) * 1000  # a record from ahead of the clock: its time
+    value = codec.encode_json(event)
+    projection.apply(ctx, record(projection.orders_topic, b"o-1", value, placed_at))
     assert [s[0] for s in ctx.sends] == [settings.topic("inventory-commands")]
     ctx.tx.commit()
-    assert store.get(due_key(7)) == {"o-1": 7_000} and store.get(CURSOR_KEY) == 7
+    due = placed_at + 2000
+    second = due // 1000
+    assert store.get(due_key(second)) == {"o-1": due} and store.get(CURSOR_KEY) == second
     store.close()
 
     store = PartitionStore(tmp_path / "p0")  # "restarted": only what RocksDB holds
     tick = projection.replies_topic
     ctx = BatchContext(Transaction(store))
-    projection.apply(ctx, record(tick, TICK_KEY, orjson.dumps({"now": 6_999}), 0))
+    projection.apply(ctx, record(tick, TICK_KEY, orjson.dumps({"now": due - 1}), 0))
     assert ctx.sends == []
-    projection.apply(ctx, record(tick, TICK_KEY, orjson.dumps({"now": 7_000}), 0))
+    projection.apply(ctx, record(tick, TICK_KEY, orjson.dumps({"now": due}), 0))
     assert [s[0] for s in ctx.sends] == [settings.topic("order-events")]  # saga_failed
     ctx.tx.commit()
     assert store.get(b"o-1")["status"] == "failed"
-    assert store.get(due_key(7)) is None  # the index no longer holds it
+    assert store.get(due_key(second)) is None  # the index no longer holds it
