@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ValidationError
 
+from streams.asyncapi import document as asyncapi_for
 from streams.httpaccess import ANONYMOUS, AccessPolicy, Principal, Refusal, audit
 from streams.keys import KafkaKeyStore, KeyStore
 from streams.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -86,7 +87,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"description": "Invalid request: each error names the field and the reason"},
     429: {"description": "Rate limit exceeded: retry after the Retry-After seconds"},
 }
-DOC_PATHS = ("/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc")
+DOC_PATHS = ("/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc", "/asyncapi.json")
 """Served without a token: the API's description holds no data."""
 
 
@@ -613,6 +614,17 @@ def create_api(
     @app.get("/metrics", summary="Prometheus metrics: commands, latency, relay (when inside)")
     async def metrics_page() -> Response:
         return Response(exposition(registry), media_type=METRICS_CONTENT_TYPE)
+
+    asyncapi: dict[str, Any] = {}
+
+    @app.get(
+        "/asyncapi.json",
+        summary="AsyncAPI 3.0 document of the topics and events (eventide asyncapi)",
+    )
+    async def asyncapi_document() -> dict[str, Any]:
+        if not asyncapi:
+            asyncapi.update(asyncapi_for(settings))
+        return asyncapi
 
     @app.get("/health", summary="200 when the database answers")
     async def health() -> dict[str, Any]:

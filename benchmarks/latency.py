@@ -5,12 +5,20 @@ A producer in this process publishes fresh order lifecycles at a fixed rate
 ``eventide_end_to_end_latency_seconds`` histogram (record timestamp → RocksDB
 write) is scraped before and after each rate, and percentiles are
 interpolated inside the buckets as Prometheus' ``histogram_quantile`` does.
+
+The baseline of the same run is the latency floor
+(:mod:`benchmarks.latency_floor`): a bare consumer in a process of its own,
+subscribed to the worker's topics during the same window, notes how old each
+record is when it gets it. What Eventide adds is the difference.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -27,6 +35,7 @@ from streams.kafka_clients import aiokafka_options
 from streams.outputs import KeyPartitioner
 from streams.settings import Settings
 
+from .procs import env_of
 from .workload import make_workload
 
 
@@ -113,6 +122,7 @@ def latency_at_loads(
     cursor = asyncio.run(offer(settings, values, rates[0], seconds))
     time.sleep(2)
     for rate in rates:
+        floor = LatencyFloor(settings)
         before = scrape(settings.web_url, settings.http_token.reveal())
         chunk = values[cursor:]
         sent = asyncio.run(offer(settings, chunk, rate, seconds))
@@ -127,6 +137,7 @@ def latency_at_loads(
                 break
             time.sleep(0.5)
         after = scrape(settings.web_url, settings.http_token.reveal())
+        bare = floor.result()
         window = {le: c - before["buckets"].get(le, 0.0) for le, c in after["buckets"].items()}
         row = {
             "offered_per_s": round(offered),
@@ -137,16 +148,51 @@ def latency_at_loads(
             "samples": window.get(math.inf, 0.0),
             "lag_max": lag_max,
             "drained_s": after["at"] - before["at"],
+            "floor": {
+                "p50_s": bare["p50_s"],
+                "p95_s": bare["p95_s"],
+                "p99_s": bare["p99_s"],
+                "samples": bare["n"],
+                "bucketed_p50_s": histogram_quantile(0.50, bare["buckets"]),
+                "bucketed_p99_s": histogram_quantile(0.99, bare["buckets"]),
+            },
         }
         log(
             f"  latency at {rate:,}/s offered ({offered:,.0f}/s sent): p50 {_ms(row['p50_s'])}, "
-            f"p95 {_ms(row['p95_s'])}, p99 {_ms(row['p99_s'])}; max lag {lag_max:,.0f}"
+            f"p95 {_ms(row['p95_s'])}, p99 {_ms(row['p99_s'])}; max lag {lag_max:,.0f}; "
+            f"bare consumer's record age p50 {_ms(bare['p50_s'])}, p99 {_ms(bare['p99_s'])}"
         )
         out.append(row)
         if sent < rate * seconds * 0.9:
             log(f"  the producer could not offer {rate:,}/s; stopping the load steps here")
             break
     return out
+
+
+class LatencyFloor:
+    """The bare consumer of :mod:`benchmarks.latency_floor`, running from
+    construction (once it holds its partitions) until :meth:`result`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.latency_floor"],
+            env=env_of(settings),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().strip()
+        if line != "ready":
+            self.proc.kill()
+            raise RuntimeError(f"the latency-floor consumer did not start (it said {line!r})")
+
+    def result(self) -> dict[str, Any]:
+        """Stop recording; the ages' percentiles and bucket counts (le → count)."""
+        out, _ = self.proc.communicate("stop\n", timeout=60)
+        result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+        result["buckets"] = {float(le): count for le, count in result["buckets"]}
+        return result
 
 
 def _ms(value: float | None) -> str:

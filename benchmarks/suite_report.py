@@ -281,14 +281,22 @@ def latency_markdown(result: dict[str, Any]) -> str:
     args = result["args"]
     lines = header("Latency: one Eventide worker at fixed offered loads", result)
     lines += [
-        "| offered events/s | events | p50 ms | p95 ms | p99 ms | max lag (records) |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| offered events/s | events | p50 ms | p95 ms | p99 ms | bare consumer p50 ms "
+        "| bare consumer p99 ms | Eventide p50 minus bare p50, ms | max lag (records) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         ms = [_ms(row[k]) for k in ("p50_s", "p95_s", "p99_s")]
+        floor = row.get("floor") or {}
+        bare = [_ms(floor.get(k)) for k in ("p50_s", "p99_s")]
+        added = (
+            _ms(row["p50_s"] - floor["p50_s"])
+            if row["p50_s"] is not None and floor.get("p50_s") is not None
+            else "n/a"
+        )
         lines.append(
             f"| {row['offered_per_s']:,} | {row['events']:,} | {ms[0]} | {ms[1]} | {ms[2]} | "
-            f"{row['lag_max']:,.0f} |"
+            f"{bare[0]} | {bare[1]} | {added} | {row['lag_max']:,.0f} |"
         )
     lines += [
         "",
@@ -300,6 +308,14 @@ def latency_markdown(result: dict[str, Any]) -> str:
         "is the worker's `eventide_consumer_lag_records`, sampled every 0.5 s "
         "(`benchmarks/latency.py`). The producer shares the machine's cores with the worker "
         "and the broker.",
+        "",
+        "The baseline of the same run is the latency floor: a bare aiokafka group consumer "
+        "in a process of its own, subscribed to the worker's topics during the same window, "
+        "no decode, no state, no output, notes how old each record is when `getmany` hands it "
+        "over (exact percentiles; `benchmarks/latency_floor.py`). It is what the producer, "
+        "the broker and one fetch cost on this machine before any worker does anything; "
+        "Eventide adds its fetch, the batch, the outputs' and the changelog's round trips to "
+        "the broker (acks=all) and the RocksDB write.",
         "",
         "![Latency percentiles by offered load](latency.png)",
         "",
@@ -333,6 +349,21 @@ def _latency_plot(rows: list[dict[str, Any]], path: Path) -> None:
             color=color,
             label=f"Eventide {label}",
         )
+    for key, label, style in (("p50_s", "p50", "-"), ("p99_s", "p99", ":")):
+        points = [
+            (r["offered_per_s"], r["floor"][key] * 1000)
+            for r in rows
+            if r.get("floor") and r["floor"].get(key) is not None
+        ]
+        if points:
+            ax.plot(
+                [p[0] for p in points],
+                [p[1] for p in points],
+                marker="x",
+                linestyle=style,
+                color="gray",
+                label=f"bare consumer, record age {label} (floor)",
+            )
     ax.set_yscale("log")
     ax.set_xlim(left=0)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))

@@ -26,10 +26,12 @@ from schemas.registry import DEFAULT_ROOT, REGISTRY_FILE, Registry
 from streams.httpaccess import token_hash
 from streams.kafka_clients import check_kafka, explain
 from streams.keys import KafkaKeyStore
+from streams.rekey import run_bridge
 from streams.settings import Settings
 from streams.tokens import ROLES, parse_token_entries
 from streams.topics import ensure_topics
 
+from .contracts_cli import asyncapi_command, export_command
 from .saga_cli import participant, saga
 from .tools import devbroker, devsecurity
 from .tools.demo import run_demo
@@ -453,6 +455,38 @@ def schemas_list(root: str | None) -> None:
 
     for entry in Registry.load(Path(root) if root else DEFAULT_ROOT):
         click.echo(f"{entry.id:>5}  {entry.name:<26} {entry.version:<6} {entry.file}")
+
+
+main.add_command(asyncapi_command)
+schemas_group.add_command(export_command)
+
+
+@main.group("bridge")
+def bridge_group() -> None:
+    """Bring events from producers that do not follow Eventide's keying into its topics."""
+
+
+@bridge_group.command("kafka")
+@click.option(
+    "--from",
+    "source",
+    required=True,
+    help="The ingest topic (EVENTIDE_TOPIC_PREFIX is put before it), keyed by anything.",
+)
+@_fail_cleanly
+def bridge_kafka(source: str) -> None:
+    """Re-key events from an ingest topic onto the entity-keyed topics.
+
+    Each record is decoded and validated, then published with its entity id as
+    key to the topic that carries its event name; invalid ones go to
+    <ingest>.dlq with the reason. Offsets are committed once the batch is
+    acknowledged (nothing lost; the projections absorb a redone batch by event
+    id). Per-entity order holds within one ingest partition only. Several
+    bridges may run for one ingest topic (one consumer group).
+    """
+    s = _settings()
+    _logging(s)
+    asyncio.run(run_bridge(s, source))
 
 
 @main.group("dlq")

@@ -45,16 +45,16 @@ def form_of(headers: Headers) -> str | None:
     """JSON or Avro as the ``content-type`` header says; None without the header."""
     if not headers:
         return None
-    if isinstance(headers, Mapping):
-        headers = list(headers.items())
-    elif type(headers) is not list and type(headers) is not tuple:
-        headers = list(headers)
-    for key, value in headers:
+    pairs: Any = headers
+    kind = type(pairs)
+    if kind is not list and kind is not tuple:  # both Kafka clients give a list
+        pairs = list(pairs.items()) if isinstance(pairs, Mapping) else list(pairs)
+    for key, value in pairs:
         if key == "content-type":
             form = _FORMS.get(value) if type(value) is bytes or type(value) is str else None
             return form if form is not None else _remember_form(value)
     # Header names are case-sensitive in Kafka; accept other spellings, more slowly.
-    for key, value in headers:
+    for key, value in pairs:
         name = key.decode("latin-1") if isinstance(key, bytes | bytearray) else str(key)
         if name.lower() == "content-type":
             return _remember_form(value)

@@ -34,6 +34,9 @@ class TopicSpec:
     """``cleanup.policy=compact`` (a table's changelog: the last value per key)."""
     extra_configs: tuple[tuple[str, str], ...] = ()
     """Further topic configuration set when Eventide creates it."""
+    events: str = ""
+    """The registered events it carries, as a pattern of names (``order.*``); empty:
+    records of its own shape (the AsyncAPI document, streams/asyncapi.py)."""
 
     def configs(self) -> dict[str, str]:
         """Topic configuration set when Eventide creates it."""
@@ -68,8 +71,12 @@ def changelog_spec(settings: Settings, table: str, published: TopicSpec | None =
 
 KEEP_FOREVER = -1
 
-USER_EVENTS = TopicSpec("user-events", "userId", "user.* events", retention_ms=KEEP_FOREVER)
-ORDER_EVENTS = TopicSpec("order-events", "orderId", "order.* events", retention_ms=KEEP_FOREVER)
+USER_EVENTS = TopicSpec(
+    "user-events", "userId", "user.* events", retention_ms=KEEP_FOREVER, events="user.*"
+)
+ORDER_EVENTS = TopicSpec(
+    "order-events", "orderId", "order.* events", retention_ms=KEEP_FOREVER, events="order.*"
+)
 
 CUSTOMER_FACTS = TopicSpec(
     "customer-facts",

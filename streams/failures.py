@@ -78,6 +78,25 @@ DLQ_HEADERS = (
 )
 
 
+def dead_letter_headers(
+    record: Any, exc: BaseException, attempts: int, first: int, now: int
+) -> list[tuple[str, bytes]]:
+    """The headers of ``record`` dead-lettered for ``exc``: its own (retry headers
+    removed), where it came from and why (the ``dlq-*`` headers above)."""
+    headers = [(k, v) for k, v in record.headers if k not in RETRY_HEADERS]
+    headers += [
+        ("dlq-origin-topic", record.topic.encode()),
+        ("dlq-origin-partition", str(record.partition).encode()),
+        ("dlq-origin-offset", str(record.offset).encode()),
+        ("dlq-error-class", type(exc).__name__.encode()),
+        ("dlq-error-message", str(exc)[:2000].encode(errors="replace")),
+        ("dlq-attempts", str(attempts).encode()),
+        ("dlq-first-failure", str(first or now).encode()),
+        ("dlq-last-failure", str(now).encode()),
+    ]
+    return headers
+
+
 def retry_topic(topic: str) -> str:
     """The retry topic of a source topic."""
     return topic + RETRY_SUFFIX
@@ -328,18 +347,7 @@ class FailureRouter:
             )
         else:
             self._log("dead-letter", record, exc, attempts)
-        headers = [(k, v) for k, v in record.headers if k not in RETRY_HEADERS]
-        now = self.now_ms()
-        headers += [
-            ("dlq-origin-topic", record.topic.encode()),
-            ("dlq-origin-partition", str(record.partition).encode()),
-            ("dlq-origin-offset", str(record.offset).encode()),
-            ("dlq-error-class", type(exc).__name__.encode()),
-            ("dlq-error-message", str(exc)[:2000].encode(errors="replace")),
-            ("dlq-attempts", str(attempts).encode()),
-            ("dlq-first-failure", str(first or now).encode()),
-            ("dlq-last-failure", str(now).encode()),
-        ]
+        headers = dead_letter_headers(record, exc, attempts, first, self.now_ms())
         if not isinstance(exc, EventError):
             headers.append(("dlq-projection", self._table.encode()))
         ctx.send(dlq_topic(record.topic), record.key, record.value, headers, record.partition)

@@ -150,7 +150,17 @@ def test_latency_page_gives_the_percentiles_in_ms():
          "lag_max": 12.0},
     ]  # fmt: skip
     page = suite_report.latency_markdown(_result(rows=rows))
-    assert "| 1,000 | 5,000 | 4.0 | 20.0 | n/a | 12 |" in page
+    assert "| 1,000 | 5,000 | 4.0 | 20.0 | n/a | n/a | n/a | n/a | 12 |" in page
+
+
+def test_latency_page_sets_eventide_beside_the_bare_consumer_of_the_same_window():
+    floor = {"p50_s": 0.003, "p95_s": 0.006, "p99_s": 0.009, "samples": 5000}
+    rows = [
+        {"offered_per_s": 1000, "events": 5000, "p50_s": 0.012, "p95_s": 0.02, "p99_s": 0.03,
+         "lag_max": 12.0, "floor": floor},
+    ]  # fmt: skip
+    page = suite_report.latency_markdown(_result(rows=rows))
+    assert "| 1,000 | 5,000 | 12.0 | 20.0 | 30.0 | 3.0 | 9.0 | 9.0 | 12 |" in page
 
 
 def _settings(**env: str) -> Settings:
