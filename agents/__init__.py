@@ -8,8 +8,15 @@ its pure read-model functions in ``tables/readmodels/``) plus a line below.
 from .customers import CustomersProjection
 from .notifications import NotificationsProjection
 from .orders import OrdersProjection
+from .saga import SagaProjection
 
-PROJECTIONS = (OrdersProjection, CustomersProjection, NotificationsProjection)
+PROJECTIONS = (OrdersProjection, CustomersProjection, NotificationsProjection, SagaProjection)
 """Every projection a worker can run, in start-up order."""
 
-__all__ = ["PROJECTIONS", "CustomersProjection", "NotificationsProjection", "OrdersProjection"]
+__all__ = [
+    "PROJECTIONS",
+    "CustomersProjection",
+    "NotificationsProjection",
+    "OrdersProjection",
+    "SagaProjection",
+]

@@ -48,6 +48,8 @@ SCENARIOS: dict[str, str] = {
     "(`python -m benchmarks.commands`)",
     "security": "drain rate and command rate with TLS + SCRAM + ACLs + personal-data "
     "encryption beside plaintext, and what each factor costs (`python -m benchmarks.security`)",
+    "sagas": "order sagas per second and saga duration p50/p99 with 0 % and 10 % injected "
+    "failures, three demo participants (`python -m benchmarks.sagas`)",
 }
 """Scenario (folder name under docs/benchmarks/) → what it measures."""
 
@@ -318,6 +320,14 @@ def _security(r: dict[str, Any]) -> str:
     return "TLS + SCRAM + encryption / plaintext: " + ", ".join(parts)
 
 
+def _sagas(r: dict[str, Any]) -> str:
+    return "; ".join(
+        f"{x['failure_rate']:.0%} failures: {x['sagas_per_s']:,.1f} sagas/s, "
+        f"p50 {x['duration_p50_ms']:,.0f} ms, p99 {x['duration_p99_ms']:,.0f} ms"
+        for x in r["results"]
+    )
+
+
 HEADLINES = {
     "throughput": _throughput,
     "scaling": _scaling,
@@ -328,6 +338,7 @@ HEADLINES = {
     "codecs": _codecs,
     "commands": _commands,
     "security": _security,
+    "sagas": _sagas,
 }
 """Scenario → its main figures in one line, for the index."""
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import faust
 
-from agents import PROJECTIONS
+from agents import PROJECTIONS, SagaProjection
 from schemas.codecs import EventCodec
 from streams.engine import ProjectionEngine
 from streams.exceptions import SettingsError
@@ -25,6 +25,7 @@ from streams.logthrottle import install_log_throttle
 from streams.projection import Projection
 from streams.rebuild import RebuildManager
 from streams.settings import Settings
+from streams.ticks import Ticker
 from streams.views import register_views, web_application_options
 
 LOG_THROTTLE_SECONDS = 10.0
@@ -72,15 +73,16 @@ def faust_options(settings: Settings) -> dict[str, Any]:
 
 
 def select_projections(settings: Settings) -> list[type[Projection]]:
-    """The declared projections EVENTIDE_PROJECTIONS names (all by default).
+    """The declared projections EVENTIDE_PROJECTIONS names (all by default; ``all``
+    includes the order saga only with EVENTIDE_SAGAS=true).
 
     Raises :class:`SettingsError` naming the variable and the declared names
     when it names one that no module of ``agents/`` declares.
     """
     declared = {cls.spec.name: cls for cls in PROJECTIONS}
     names = settings.projection_names
-    if names is None:
-        return list(PROJECTIONS)
+    if names is None:  # the saga sends commands and events: only when asked for
+        return [cls for cls in PROJECTIONS if cls is not SagaProjection or settings.sagas]
     unknown = [n for n in names if n not in declared]
     if unknown:
         raise SettingsError(
@@ -114,6 +116,9 @@ def create_app(settings: Settings) -> EventideApp:
     for p in projections:
         p.keys = keys.ring
     engine = ProjectionEngine(settings, projections, loop=app.loop)
+    sagas = [p for p in projections if isinstance(p, SagaProjection)]
+    for p in sagas:
+        p.metrics = engine.metrics.sagas
 
     @app.task
     async def start_projections() -> None:
@@ -136,6 +141,14 @@ def create_app(settings: Settings) -> EventideApp:
         # Log end offsets from the broker, so lag grows even when nothing is fetched;
         # a refresh still running when the next is due is skipped, never overlapped.
         await lag.run()
+
+    if sagas:
+        ticker = Ticker(engine, sagas[0].replies_topic, settings.saga_tick_ms)
+
+        @app.task
+        async def tick_sagas() -> None:
+            # The saga's clock: deadlines are found when a tick is applied (agents/saga.py).
+            await ticker.run()
 
     rebuilds = RebuildManager(engine)
     register_views(app, engine, rebuilds, declared=PROJECTIONS, health=health)

@@ -34,10 +34,12 @@ from .clicommon import fail_cleanly as _fail_cleanly
 from .clicommon import kafka_settings as _kafka_settings
 from .clicommon import settings as _settings
 from .contracts_cli import asyncapi_command, export_command
+from .saga_cli import participant, saga
 from .tools.demo import run_demo
 from .tools.dlq import read_dead_letters, replay
 from .tools.history import entity_history
 from .tools.rebuild_client import run_rebuild
+from .tools.saga_demo import run_saga_demo
 from .tools.targets import check, format_table
 from .worker import run_worker
 
@@ -81,13 +83,23 @@ def worker() -> None:
 @click.option("--show", default=4, show_default=True, help="Read models to print.")
 @click.option("--seed", default=7, show_default=True, help="Random seed of the burst.")
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the worker.")
+@click.option(
+    "--sagas",
+    default=0,
+    show_default=True,
+    help="Instead: place this many orders, run the inventory, payment and shipment "
+    "participants here (EVENTIDE_PARTICIPANT_*) and summarise the sagas.",
+)
 @_fail_cleanly
-def demo(orders: int, show: int, seed: int, timeout: float) -> None:
+def demo(orders: int, show: int, seed: int, timeout: float, sagas: int) -> None:
     """Publish a realistic burst of orders and print read models fetched over HTTP."""
 
     s = _settings()
     _logging(s)
     try:
+        if sagas:
+            run_saga_demo(s, sagas, seed=seed, timeout=timeout, echo=click.echo)
+            return
         run_demo(s, orders=orders, show=show, seed=seed, timeout=timeout, echo=click.echo)
     except TimeoutError as exc:
         click.echo(f"eventide demo: {exc}", err=True)
@@ -474,6 +486,8 @@ def dlq_replay(
 
 
 main.add_command(broker)
+main.add_command(participant)
+main.add_command(saga)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

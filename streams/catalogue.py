@@ -115,16 +115,80 @@ PII_KEYS = TopicSpec(
     ),
 )
 
+INVENTORY_COMMANDS = TopicSpec(
+    "inventory-commands",
+    "orderId",
+    "the order saga's commands to the inventory service: inventory.reserve, inventory.release",
+    consumed=False,
+    retention_ms=KEEP_FOREVER,
+    events=("inventory.reserve", "inventory.release"),
+)
+PAYMENT_COMMANDS = TopicSpec(
+    "payment-commands",
+    "orderId",
+    "the order saga's commands to the payment service: payment.process, payment.refund",
+    consumed=False,
+    retention_ms=KEEP_FOREVER,
+    events=("payment.process", "payment.refund"),
+)
+SHIPMENT_COMMANDS = TopicSpec(
+    "shipment-commands",
+    "orderId",
+    "the order saga's commands to the shipment service: shipment.create, shipment.cancel",
+    consumed=False,
+    retention_ms=KEEP_FOREVER,
+    events=("shipment.create", "shipment.cancel"),
+)
+SAGA_REPLIES = TopicSpec(
+    "saga-replies",
+    "orderId",
+    "the participants' replies to the order saga's commands (reserved/rejected, "
+    "processed/failed, created/failed, released/refunded/cancelled), and the saga's "
+    "clock: ticks under the key 0x00 'tick' that each worker writes to the partitions it owns",
+    retention_ms=KEEP_FOREVER,
+    events=(
+        "inventory.reserved",
+        "inventory.rejected",
+        "inventory.released",
+        "payment.processed",
+        "payment.failed",
+        "payment.refunded",
+        "shipment.created",
+        "shipment.failed",
+        "shipment.cancelled",
+    ),
+)
+TICK_KEY = b"\x00tick"
+"""Key of the saga's clock records on saga-replies (streams/ticks.py); no entity id
+starts with 0x00, so a tick is never taken for an entity's record."""
+SAGA_COMMAND_TOPICS = {
+    "inventory": INVENTORY_COMMANDS,
+    "payment": PAYMENT_COMMANDS,
+    "shipment": SHIPMENT_COMMANDS,
+}
+"""The command topic of each saga participant."""
+
 CATALOGUE: tuple[TopicSpec, ...] = (
     USER_EVENTS,
     ORDER_EVENTS,
     CUSTOMER_FACTS,
     ORDER_VIEWS,
     PII_KEYS,
+    INVENTORY_COMMANDS,
+    PAYMENT_COMMANDS,
+    SHIPMENT_COMMANDS,
+    SAGA_REPLIES,
 )
 
 
-KEY_FIELDS = {"order": "orderId", "user": "userId"}
+KEY_FIELDS = {
+    "order": "orderId",
+    "user": "userId",
+    # the order saga's commands and replies are keyed by the order they serve
+    "inventory": "orderId",
+    "payment": "orderId",
+    "shipment": "orderId",
+}
 
 
 def key_of(event: Envelope) -> str:

@@ -56,6 +56,39 @@ EVENT_SECONDS_BUCKETS = (1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1
 BATCH_SIZE_BUCKETS = (1, 10, 50, 100, 500, 1000, 2500, 5000, 10_000, 25_000, 100_000)
 
 
+SAGA_STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class SagaMetrics:
+    """The order saga's metrics (agents/saga.py), counted as its records are applied
+    (a batch replayed after a crash counts again)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.sagas = Counter(
+            "eventide_sagas",
+            "Order sagas by what happened: started, completed, compensated (failed and "
+            "fully compensated), timed_out (a step's deadline passed), ignored_reply "
+            "(a duplicate, late or out-of-order reply, recorded and ignored).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.step_seconds = Histogram(
+            "eventide_saga_step_seconds",
+            "From a saga command's record timestamp to its success reply's, per step.",
+            ["step"],
+            buckets=SAGA_STEP_BUCKETS,
+            registry=registry,
+        )
+
+    def count(self, outcome: str) -> None:
+        """One saga ``outcome`` (started, completed, compensated, timed_out, ignored_reply)."""
+        self.sagas.labels(outcome).inc()
+
+    def step(self, step: str, ms: int) -> None:
+        """A forward step answered successfully after ``ms`` milliseconds."""
+        self.step_seconds.labels(step).observe(ms / 1000)
+
+
 class EngineMetrics:
     """The worker's metrics and the hooks the projection engine calls."""
 
@@ -130,6 +163,8 @@ class EngineMetrics:
             ["projection", "topic", "reason"],
             registry=r,
         )
+        self.sagas = SagaMetrics(r)
+        """The order saga's counters and step latency."""
         self.rebalances = Counter(
             "eventide_rebalances",
             "Rebalance callbacks of the projections' consumer: assigned or revoked.",

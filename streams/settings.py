@@ -296,6 +296,42 @@ class Settings:
     """EVENTIDE_PII_KEK_FILE: file holding the KEKs, one entry per line, the current
     one first; empty: ``<state_dir>/pii-kek``, generated on first use (development)."""
 
+    sagas: bool = setting(False, _bool)
+    """EVENTIDE_SAGAS: with EVENTIDE_PROJECTIONS=all, also run the order saga
+    orchestrator (the ``sagas`` projection), which sends commands to the
+    participants and ``order.saga_*`` events to order-events. Off by default;
+    naming ``sagas`` in EVENTIDE_PROJECTIONS runs it too."""
+
+    saga_step_timeout_ms: int = setting(10_000, _int(10, 86_400_000))
+    """EVENTIDE_SAGA_STEP_TIMEOUT_MS: a saga step (reserve, pay, ship) with no reply
+    within this time has failed: the saga compensates the steps done."""
+
+    saga_retry_ms: int = setting(2_000, _int(10, 3_600_000))
+    """EVENTIDE_SAGA_RETRY_MS: a compensation with no acknowledgement within this
+    time is sent again (same command id), until it is acknowledged."""
+
+    saga_tick_ms: int = setting(500, _int(10, 60_000))
+    """EVENTIDE_SAGA_TICK_MS: how often a worker writes a tick to each saga-replies
+    partition it owns; deadlines are checked when a tick is applied, so a timeout
+    fires up to this much late."""
+
+    participant_failure_rate: float = setting(0.0, _float(0, 1))
+    """EVENTIDE_PARTICIPANT_FAILURE_RATE: share (0..1) of forward commands
+    (reserve, pay, ship) a demo participant rejects; chosen per command id, so a
+    redelivered command gets the same answer. Compensations always succeed."""
+
+    participant_latency_ms: int = setting(0, _int(0, 600_000))
+    """EVENTIDE_PARTICIPANT_LATENCY_MS: delay before a demo participant applies
+    and answers each batch of commands it fetches."""
+
+    participant_never_answer: bool = setting(False, _bool)
+    """EVENTIDE_PARTICIPANT_NEVER_ANSWER: the demo participant neither applies nor
+    answers forward commands (a service that is down): sagas time out there."""
+
+    participant_log_dir: str = setting("", _prefix)
+    """EVENTIDE_PARTICIPANT_LOG_DIR: folder of the participants' logs of applied
+    commands, ``<service>.jsonl``; empty: ``<state_dir>/participants``."""
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``EVENTIDE_*`` variables, defaults for the rest."""
@@ -381,6 +417,14 @@ class Settings:
     def pii_kek_path(self) -> Path:
         """The KEK file: :attr:`pii_kek_file`, else ``<state_dir>/pii-kek``."""
         return Path(self.pii_kek_file) if self.pii_kek_file else self.state_dir / "pii-kek"
+
+    @property
+    def participant_logs(self) -> Path:
+        """Folder of the participants' logs: :attr:`participant_log_dir`, else
+        ``<state_dir>/participants``."""
+        if self.participant_log_dir:
+            return Path(self.participant_log_dir)
+        return self.state_dir / "participants"
 
     @property
     def web_url(self) -> str:

@@ -9,6 +9,9 @@ Rules (deterministic, independent of timing):
   ``order.shipped`` → ``shipped``; ``order.cancelled`` → ``cancelled``.
 - An event whose id is among the order's last 16 applied event ids is a
   duplicate (a redelivery, a producer retry) and changes nothing.
+- ``order.saga_completed`` / ``order.saga_failed`` (the order saga's outcome,
+  agents/saga.py) set ``saga`` (outcome, sagaId, failedStep, reason, at) and
+  leave the status as the order events set it.
 - An event for an order that was never placed (``order.shipped`` first)
   creates a partial view with the status that event implies and no customer,
   items or totals. A later ``order.placed`` fills those in without moving the
@@ -17,7 +20,7 @@ Rules (deterministic, independent of timing):
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from schemas.envelope import Envelope
 from schemas.exceptions import MISSING, ValidationError
@@ -30,7 +33,8 @@ STATUS_BY_EVENT = {
     "order.shipped": "shipped",
     "order.cancelled": "cancelled",
 }
-ORDER_EVENTS = frozenset(STATUS_BY_EVENT)
+SAGA_OUTCOMES = {"order.saga_completed": "completed", "order.saga_failed": "failed"}
+ORDER_EVENTS = frozenset(STATUS_BY_EVENT) | frozenset(SAGA_OUTCOMES)
 RECENT_IDS = 16
 """Event ids remembered per order for deduplication (an order has a handful of events)."""
 
@@ -82,6 +86,9 @@ class OrderView(TypedDict):
     """Name of the last applied event."""
     eventCount: int
     """How many events have been applied to this view."""
+    saga: NotRequired[dict[str, Any]]
+    """The order saga's outcome, once it finished: outcome (completed or failed),
+    sagaId, failedStep, reason, at."""
 
 
 def new_view(order_id: str, status: str) -> OrderView:
@@ -103,13 +110,14 @@ def apply_order_event(view: OrderView | None, event: Envelope) -> OrderView | No
     when the event's data lacks a field its name requires.
     """
     name = event.name
-    if name not in STATUS_BY_EVENT:
+    if name not in ORDER_EVENTS:
         raise ValidationError("name", f"one of {', '.join(sorted(ORDER_EVENTS))}", name)
     if view is not None and event.id in view["recentEventIds"]:
         return None
     data = event.data
     order_id = _str(data, "orderId")
-    new: OrderView = new_view(order_id, STATUS_BY_EVENT[name]) if view is None else view.copy()
+    status = STATUS_BY_EVENT.get(name, "pending")
+    new: OrderView = new_view(order_id, status) if view is None else view.copy()
     ts = event.timestamp
     if name == "order.placed":
         new["customerId"] = _str(data, "customerId")
@@ -129,6 +137,14 @@ def apply_order_event(view: OrderView | None, event: Envelope) -> OrderView | No
         new["trackingNumber"] = _str(data, "trackingNumber")
         new["carrier"] = _opt_str(data, "carrier")
         new["shippedAt"] = ts
+    elif name in SAGA_OUTCOMES:
+        new["saga"] = {
+            "outcome": SAGA_OUTCOMES[name],
+            "sagaId": _str(data, "sagaId"),
+            "failedStep": data.get("failedStep"),
+            "reason": data.get("reason"),
+            "at": ts,
+        }
     else:  # order.cancelled
         new["status"] = "cancelled"
         new["cancelReason"] = _opt_str(data, "reason")

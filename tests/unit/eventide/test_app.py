@@ -9,9 +9,17 @@ from streams.exceptions import SettingsError
 from streams.settings import Settings
 
 
-def test_every_declared_projection_runs_by_default():
-    assert select_projections(Settings.from_env({})) == list(PROJECTIONS)
-    assert [cls.spec.name for cls in PROJECTIONS] == ["orders", "customers", "notifications"]
+def test_every_declared_projection_runs_by_default_the_saga_when_enabled():
+    assert select_projections(Settings.from_env({})) == list(PROJECTIONS[:3])
+    assert select_projections(Settings.from_env({"EVENTIDE_SAGAS": "true"})) == list(PROJECTIONS)
+    named = Settings.from_env({"EVENTIDE_PROJECTIONS": "orders,sagas"})
+    assert [cls.spec.name for cls in select_projections(named)] == ["orders", "sagas"]
+    assert [cls.spec.name for cls in PROJECTIONS] == [
+        "orders",
+        "customers",
+        "notifications",
+        "sagas",
+    ]
 
 
 def test_a_worker_runs_only_the_projections_it_is_given(tmp_path):
@@ -29,7 +37,7 @@ def test_an_undeclared_projection_fails_at_start_up_naming_the_setting():
         select_projections(settings)
     assert str(info.value) == (
         "EVENTIDE_PROJECTIONS='orders,invoices': no projection named invoices; "
-        "the projections are orders, customers, notifications (or all)"
+        "the projections are orders, customers, notifications, sagas (or all)"
     )
 
 

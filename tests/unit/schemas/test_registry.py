@@ -26,6 +26,8 @@ DESIGN_EVENTS = {
     "shipment.create",
     "shipment.created",
     "shipment.cancel",
+    "shipment.failed",
+    "shipment.cancelled",
     "order.saga_completed",
     "order.saga_failed",
 }
@@ -46,7 +48,9 @@ def test_ids_are_stable(registry):
     assert registry.get("order.placed", "1.0.0").id == 2
     assert registry.get("order.saga_failed", "1.0").id == 20
     assert registry.get("user.created", "1.1").id == 21
-    assert len({e.id for e in registry}) == len(registry) == 21
+    assert registry.get("shipment.cancelled", "1.0").id == 22
+    assert registry.get("shipment.failed", "1.0").id == 23
+    assert len({e.id for e in registry}) == len(registry) == 23
 
 
 def test_lookup_by_id_and_by_name_and_version(registry):

@@ -116,3 +116,11 @@ async def test_the_command_api_serves_it_without_a_token(tmp_path):
         answer = await client.get("/asyncapi.json")
     assert answer.status_code == 200
     assert answer.json() == json.loads(json.dumps(document(SETTINGS)))
+
+
+def test_every_registered_event_travels_on_exactly_one_topic():
+    from streams.catalogue import CATALOGUE
+
+    for entry in Registry.load():
+        carriers = [s.name for s in CATALOGUE if s.carries(entry.name)]
+        assert len(carriers) == 1, (entry.name, carriers)
