@@ -12,6 +12,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import orjson
 import pytest
@@ -85,8 +87,23 @@ def _until_equal(settings: Settings, expected: dict, table: str, timeout: float 
         time.sleep(1)
 
 
+@pytest.fixture
+def start_bridge(tmp_path: Path) -> Iterator[Callable[[Settings], Bridge]]:
+    """Start bridges; every one still running is killed when the test ends."""
+    started: list[Bridge] = []
+
+    def start(settings: Settings) -> Bridge:
+        bridge = Bridge(tmp_path / "bridge.log")
+        started.append(bridge)
+        return bridge.start(settings)
+
+    yield start
+    for bridge in started:
+        bridge.kill()
+
+
 def test_events_keyed_by_event_id_reach_the_read_models_through_the_bridge(
-    make_settings, worker_factory, tmp_path
+    make_settings, worker_factory, start_bridge
 ):
     settings = make_settings()
     asyncio.run(ensure_topics(settings))
@@ -96,7 +113,7 @@ def test_events_keyed_by_event_id_reach_the_read_models_through_the_bridge(
     work = make_workload(orders=200, customers=40, seed=71, duplicate_rate=0.05)
     exp_orders, exp_customers = expected_state(work)
     worker = worker_factory(settings).start()
-    bridge = Bridge(tmp_path / "bridge.log").start(settings)
+    bridge = start_bridge(settings)
     events = work.users + work.orders
     half = len(events) // 2
     bad = new_event(
@@ -108,7 +125,7 @@ def test_events_keyed_by_event_id_reach_the_read_models_through_the_bridge(
     asyncio.run(_publish(settings, events[:half], extra=garbage))
     time.sleep(1.0)
     bridge.kill()  # mid-stream: what it bridged but did not commit is bridged again
-    bridge = Bridge(tmp_path / "bridge.log").start(settings)
+    bridge = start_bridge(settings)
     asyncio.run(_publish(settings, events[half:]))
 
     assert _until_equal(settings, exp_orders, "orders") == {}
