@@ -41,6 +41,38 @@ def sagas_report(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sagas_plot(result: dict[str, Any], path: Path) -> None:
+    """Sagas/s and saga duration p50/p99 per injected failure rate, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["results"]
+    labels = [f"{r['failure_rate']:.0%} failures" for r in rows]
+    fig, (rate, took) = plt.subplots(1, 2, figsize=(10, 4))
+    rate.bar(labels, [r.get("sagas_per_s", 0) for r in rows], color="navy")
+    rate.set_ylabel("sagas finished per second")
+    rate.set_title("Throughput")
+    x = range(len(rows))
+    for offset, key, name, color in (
+        (-0.2, "duration_p50_ms", "p50", "tab:blue"),
+        (0.2, "duration_p99_ms", "p99", "deepskyblue"),
+    ):
+        took.bar([i + offset for i in x], [r.get(key, 0) / 1000 for r in rows], 0.4,
+                 label=name, color=color)  # fmt: skip
+    took.set_xticks(list(x), labels)
+    took.set_ylabel("saga duration, s")
+    took.set_title("Duration, start to outcome (queueing included)")
+    took.legend()
+    fig.suptitle(
+        f"Order sagas: {rows[0]['sagas_placed'] if rows else 0:,} placed at once, one worker"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sagas", type=int, default=2000)
@@ -65,8 +97,10 @@ def main(argv: list[str] | None = None) -> int:
             f"  {found.get('sagas_per_s')} sagas/s, p50 {found.get('duration_p50_ms')} ms, "
             f"p99 {found.get('duration_p99_ms')} ms; {len(found['problems'])} problems"
         )
-    markdown = sagas_report(result)
-    report.write(report.run_dir("sagas", args.reference), result, markdown, args.reference)
+    markdown = sagas_report(result) + "\n![Sagas per second and saga durations](sagas.png)\n"
+    out = report.run_dir("sagas", args.reference)
+    sagas_plot(result, out / "sagas.png")
+    report.write(out, result, markdown, args.reference)
     print(markdown)
     return 1 if any(r["problems"] for r in result["results"]) else 0
 
