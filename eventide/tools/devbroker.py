@@ -221,8 +221,15 @@ def tail(path: Path, lines: int = 30) -> str:
 
 
 def new_cluster_id() -> str:
-    """A random KRaft cluster id (what ``kafka-storage.sh random-uuid`` prints)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """A random KRaft cluster id (what ``kafka-storage.sh random-uuid`` prints).
+
+    Like Kafka's ``Uuid.randomUuid``, never one that starts with ``-``: one in 64
+    would, and ``kafka-storage format --cluster-id -x...`` takes it for an option.
+    """
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not text.startswith("-"):
+            return text
 
 
 def format_storage(
