@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         "--port-base", type=int, default=0, help="first port for workers and proxies (0: any)"
     )
     ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument(
+        "--workdir", type=Path, help="where the cases keep data and logs (default: a temp folder)"
+    )
     ap.add_argument("--reference", action="store_true", help="keep under docs/benchmarks/faults/")
     args = ap.parse_args(argv)
     names = [n.strip() for n in args.cases.split(",") if n.strip()]
@@ -82,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     command = report.command_line("benchmarks.faults", argv)
     machine = report.machine()
     when = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    workdir = Path(tempfile.mkdtemp(prefix="eventide-faults-"))
+    if args.workdir:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="eventide-faults-", dir=args.workdir))
     opts = Options(
         broker=args.broker,
         workdir=workdir,

@@ -326,7 +326,20 @@ class Case:
         self.stream: Stream | None = None
         self.committed: Committed | None = None
         self.bad_orders: set[str] = set()
+        self.worker_broker: str | None = None
         """Order ids a case sent under no or a wrong key: never in a read model."""
+
+    def use_broker(self, url: str, worker_broker: str | None = None) -> None:
+        """Run the case on the broker at ``url``; workers bootstrap from
+        ``worker_broker`` (a proxy in front of it) when given."""
+        self.reconfigure(EVENTIDE_BROKER_URL=url)
+        self.worker_broker = worker_broker
+
+    def reconfigure(self, **env: str) -> None:
+        """Change settings of the case (before its first worker starts)."""
+        self.env.update(env)
+        port = str(self.settings.web_port)
+        self.settings = Settings.from_env({**self.env, "EVENTIDE_WEB_PORT": port})
 
     def worker_settings(self, n: int = 0, **overrides: str) -> Settings:
         """Settings of the case's ``n``-th worker: its own HTTP port and data folder."""
@@ -338,6 +351,9 @@ class Case:
     def worker(self, n: int = 0, module: str = "eventide.cli", **env: str) -> Worker:
         """A worker (not started yet): ``n`` 0 shares :attr:`settings`."""
         settings = self.settings if n == 0 else self.worker_settings(n)
+        if self.worker_broker:
+            url = {"EVENTIDE_BROKER_URL": self.worker_broker}
+            settings = Settings.from_env({**settings.to_env(), **url})
         w = Worker(settings, self.dir / f"worker-{n}.log", module, **env)
         self.workers.append(w)
         return w
@@ -409,6 +425,7 @@ class Case:
             w.stop()
         if self.committed is not None:
             self.committed.close()
+            self.committed = None
 
 
 def run_case(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import cases
+from . import cases, disk, network, relay
 from .harness import Case, Outcome
 
 CASES: dict[str, tuple[str, Callable[[Case], Outcome], dict[str, str]]] = {
@@ -39,6 +39,27 @@ CASES: dict[str, tuple[str, Callable[[Case], Outcome], dict[str, str]]] = {
     "compaction": (
         "kill -9, the stores wiped, restore from changelogs compacting every second",
         cases.compaction,
+        {},
+    ),
+    "relay-kill": (
+        "kill -9 of the outbox relay x5 (x2 short) while 30 order lifecycles/s come in "
+        "through the command API; published events counted by event id",
+        relay.relay_kill,
+        {},
+    ),
+    "partition-stall": (
+        "the worker's connections to the broker stall (no byte moves) for 20 s (8 s short)",
+        lambda c: network.partition(c, "stall"),
+        {},
+    ),
+    "partition-drop": (
+        "the worker's connections to the broker are cut and refused for 20 s (8 s short)",
+        lambda c: network.partition(c, "drop"),
+        {},
+    ),
+    "disk-full": (
+        "the stores' filesystem (a 64 MB tmpfs) filled up for 15 s (6 s short), then freed",
+        disk.disk_full,
         {},
     ),
 }

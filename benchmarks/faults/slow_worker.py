@@ -1,8 +1,9 @@
 """A worker that takes seconds over one order's events, for the slow-event case.
 
-The orders projection blocks for ``SLOW_SECONDS`` on every event of the order
-named by ``FAULTS_SLOW_ORDER`` (a handler stuck on a slow call), after
-creating the file named by ``FAULTS_SLOW_MARK``. Run as
+The orders projection blocks for ``SLOW_SECONDS`` on the first event it sees
+of the order named by ``FAULTS_SLOW_ORDER`` (a handler stuck on a slow call),
+after creating the file named by ``FAULTS_SLOW_MARK``; once per process, so a
+restarted worker is slow again on the same event. Run as
 ``python -m benchmarks.faults.slow_worker``.
 """
 
@@ -26,9 +27,11 @@ def make_slow(eventide: EventideApp) -> None:
     mark = Path(os.environ["FAULTS_SLOW_MARK"])
     orders = eventide.engine.by_table["orders"]
     real = orders.apply
+    done: list[bool] = []
 
     def apply(ctx: Any, record: Any) -> None:
-        if record.key == order_id:
+        if record.key == order_id and not done:
+            done.append(True)
             mark.touch()
             time.sleep(SLOW_SECONDS)
         real(ctx, record)
