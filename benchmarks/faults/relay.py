@@ -21,7 +21,7 @@ import urllib.request
 from collections import Counter
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from benchmarks.crash import audit, classify
 from benchmarks.procs import env_of, log
@@ -125,20 +125,25 @@ def _wait_api(url: str, token: str, proc: subprocess.Popen[bytes]) -> None:
 
 async def _event_ids(settings: Settings, prefix: str) -> Counter[str]:
     """event-id → copies on order-events, for the API's orders (``prefix``)."""
+    topic = settings.topic(ORDER_EVENTS.name)
     consumer = AIOKafkaConsumer(
-        settings.topic(ORDER_EVENTS.name),
-        **aiokafka_options(settings),
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
+        **aiokafka_options(settings), auto_offset_reset="earliest", enable_auto_commit=False
     )
     await consumer.start()
     copies: Counter[str] = Counter()
     try:
-        ends = await consumer.end_offsets(list(consumer.assignment()) or [])
-        while not ends:
-            await asyncio.sleep(0.1)
-            ends = await consumer.end_offsets(list(consumer.assignment()))
-        while any(await consumer.position(tp) < end for tp, end in ends.items()):
+        tps = [TopicPartition(topic, p) for p in range(settings.partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+
+        async def behind() -> bool:
+            for tp, end in ends.items():
+                if await consumer.position(tp) < end:
+                    return True
+            return False
+
+        while await behind():
             for records in (await consumer.getmany(timeout_ms=1000)).values():
                 for r in records:
                     if r.key and r.key.decode().startswith(prefix):
