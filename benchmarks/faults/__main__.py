@@ -17,6 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +30,18 @@ from .harness import Options, Outcome, Ports, run_case
 from .matrix import CASES, UNAVAILABLE
 
 
-def run_matrix(opts: Options, names: list[str]) -> list[Outcome]:
-    """Run the cases ``names`` in order; a case that breaks down is a failed row."""
+def run_matrix(
+    opts: Options, names: list[str], after: Callable[[list[Outcome]], None] | None = None
+) -> list[Outcome]:
+    """Run the cases ``names`` in order; a case that breaks down is a failed row.
+    ``after`` gets the rows so far after each case (the report, kept up to date)."""
     ports = Ports(opts.port_base)
-    rows = []
+    rows: list[Outcome] = []
     for name in names:
         _, body, overrides = CASES[name]
         rows.append(run_case(name, body, opts, ports, **overrides))
+        if after is not None:
+            after(rows)
     return rows
 
 
@@ -105,27 +111,32 @@ def main(argv: list[str] | None = None) -> int:
     if started_broker:
         devbroker.start(base, log)
     started = time.monotonic()
-    try:
-        rows = run_matrix(opts, [n for n in names if n in CASES])
-    finally:
-        if started_broker:
-            devbroker.stop(base, log)
+    out = report.run_dir("faults", args.reference)
     result: dict[str, Any] = {
         "scenario": "faults",
         "command": command,
         "when": when,
         "machine": machine,
-        "load_after": _load(),
-        "args": vars(args),
-        "seconds": round(time.monotonic() - started, 1),
-        "rows": [r.__dict__ for r in rows],
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "unavailable": {n: UNAVAILABLE[n] for n in names if n in UNAVAILABLE},
         "cases": {n: CASES[n][0] for n in names if n in CASES},
     }
-    markdown = faults_report(result)
-    out = report.run_dir("faults", args.reference)
-    report.write(out, result, markdown, args.reference)
-    print(markdown)
+
+    def keep(rows: list[Outcome]) -> str:
+        result["rows"] = [r.__dict__ for r in rows]
+        result["seconds"] = round(time.monotonic() - started, 1)
+        result["load_after"] = _load()
+        result["complete"] = len(rows) == len(result["cases"])
+        markdown = faults_report(result)
+        report.write(out, result, markdown, args.reference)
+        return markdown
+
+    try:
+        rows = run_matrix(opts, [n for n in names if n in CASES], after=keep)
+    finally:
+        if started_broker:
+            devbroker.stop(base, log)
+    print(keep(rows))
     if all(r.clean for r in rows):
         shutil.rmtree(workdir, ignore_errors=True)
     else:
@@ -149,7 +160,13 @@ def faults_report(result: dict[str, Any]) -> str:
         f"Each case ran while users and then orders (3 % duplicates) were published at "
         f"{a['rate']:,} order events/s on {a['partitions']} partitions"
         f"{' (short form)' if a['small'] else ''}; {result['seconds']:,.0f} s in all, load "
-        f"average after the run {'/'.join(result.get('load_after') or ['?'])}.",
+        f"average after the run {'/'.join(result.get('load_after') or ['?'])}."
+        + (
+            ""
+            if result.get("complete", True)
+            else " **Incomplete: the run is still going or "
+            "was stopped; the rows are the cases done.**"
+        ),
         "",
         *table(rows),
         "",

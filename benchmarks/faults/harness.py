@@ -361,7 +361,7 @@ class Case:
     def begin(self, orders: int | None = None, customers: int = 1500) -> Stream:
         """Create the topics and start the stream (sized for the case's longest run)."""
         asyncio.run(ensure_topics(self.settings))
-        size = orders or self.opts.rate * (60 if self.opts.small else 300) // 2
+        size = orders or self.opts.rate * (60 if self.opts.small else 900) // 2
         work = make_workload(size, customers, seed=self.opts.seed, duplicate_rate=0.03)
         self.work = work
         self.stream = Stream(self.settings, work, self.opts.rate).start()
