@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -84,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--reference", action="store_true", help="keep under docs/benchmarks/faults/")
     args = ap.parse_args(argv)
+    # SIGTERM (a timeout, a ^C from a supervisor) unwinds: every case stops its processes.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     names = [n.strip() for n in args.cases.split(",") if n.strip()]
     unknown = [n for n in names if n not in CASES and n not in UNAVAILABLE]
     if unknown:
