@@ -19,7 +19,11 @@ throughput
     naive agent measured in the same run.
 scaling
     1, 2 and 4 (``--workers``) Eventide worker processes of one group on
-    ``--partitions`` partitions (:mod:`benchmarks.scaling`).
+    ``--partitions`` partitions (:mod:`benchmarks.scaling`). With
+    ``--cluster 3`` (and ``--only scaling``) on a three-broker dev cluster
+    (eventide/tools/devcluster.py; base port: ``--broker``'s), topics with
+    three replicas, each row with every ``--standby`` count; reported as
+    ``scaling-cluster``.
 latency
     p50/p95/p99 end-to-end at fixed offered loads (``--rates``), read from
     the worker's /metrics histogram (:mod:`benchmarks.latency`).
@@ -42,6 +46,7 @@ from typing import Any
 
 from eventide.tools import devbroker
 from eventide.tools.demo import fetch_json
+from eventide.tools.devcluster import DevCluster
 from streams.catalogue import ORDER_EVENTS
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -107,7 +112,11 @@ class Suite:
         self.base = Settings.from_env(
             {"EVENTIDE_BROKER_URL": args.broker, "EVENTIDE_STATE_DIR": state}
         )
-        self.broker_pid: int | None = None
+        self.broker_pid: int | list[int] | None = None
+        self.broker_url: str = args.broker
+        """Every process's EVENTIDE_BROKER_URL (all the nodes of a cluster)."""
+        self.cluster_env: dict[str, str] = {}
+        """Settings of every process on a cluster (its replication factor)."""
         self.work: Workload | None = None
 
     def settings(
@@ -117,7 +126,7 @@ class Suite:
         its RocksDB and state under ``<workdir>/<data or app>/<tag>``."""
         return Settings.from_env(
             {
-                "EVENTIDE_BROKER_URL": self.args.broker,
+                "EVENTIDE_BROKER_URL": self.broker_url,
                 "EVENTIDE_APP_ID": f"{app}-{tag}",
                 "EVENTIDE_TOPIC_PREFIX": f"bench-{tag}-",
                 "EVENTIDE_PARTITIONS": str(self.args.partitions),
@@ -128,6 +137,7 @@ class Suite:
                 "EVENTIDE_METRICS_INTERVAL": "1",
                 "EVENTIDE_PROJECTIONS": projections,
                 **http_settings(),
+                **self.cluster_env,
                 **extra,
             }
         )
@@ -229,13 +239,15 @@ class Suite:
     def scaling(self) -> list[dict[str, Any]]:
         assert self.work is not None
 
-        def make(tag: str, i: int) -> Settings:
+        def make(tag: str, i: int, standby: int) -> Settings:
+            standbys = {"EVENTIDE_STANDBY_REPLICAS": str(standby)} if standby >= 0 else {}
             return self.settings(
                 "eventide-scale",
                 tag,
                 self.args.projections,
                 data=f"eventide-scale-{i + 1}",
                 EVENTIDE_ADMIN_ENDPOINTS="true",
+                **standbys,
             )
 
         counts = [int(n) for n in self.args.workers.split(",") if n]
@@ -246,6 +258,7 @@ class Suite:
             self.workdir,
             self.broker_pid,
             lambda: uuid.uuid4().hex[:8],
+            [int(n) for n in self.args.standby.split(",") if n] or None,
         )
 
     def latency(self) -> list[dict[str, Any]]:
@@ -282,6 +295,20 @@ def main(argv: list[str] | None = None) -> int:
         help="EVENTIDE_PROJECTIONS of the full Eventide runs (throughput, scaling, latency)",
     )
     ap.add_argument("--workers", default="1,2,4", help="worker processes per scaling row")
+    ap.add_argument(
+        "--standby",
+        default="",
+        help="EVENTIDE_STANDBY_REPLICAS of the scaling rows, comma-separated: each worker "
+        "count runs with each (default: the setting's default)",
+    )
+    ap.add_argument(
+        "--cluster",
+        type=int,
+        default=0,
+        help="scaling on a dev cluster of this many brokers (3), on --broker's port and the "
+        "next; started and stopped here when it does not run (needs --only scaling)",
+    )
+    ap.add_argument("--note", default="", help="a sentence for the reports (e.g. the machine)")
     ap.add_argument("--broker", default="kafka://127.0.0.1:39092")
     ap.add_argument("--rates", default="1000,2000,4000,8000,16000,20000", help="offered events/s")
     ap.add_argument("--rate-seconds", type=float, default=10.0)
@@ -305,18 +332,30 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [s for s in SCENARIOS if s not in args.skip]
     if args.only:
         chosen = [s for s in chosen if s in args.only.split(",")]
+    if args.cluster and chosen != ["scaling"]:
+        ap.error("--cluster runs the scaling scenario only: add --only scaling")
     command = report.command_line("benchmarks", argv)
 
     suite = Suite(args)
-    started_broker = not devbroker.is_answering(suite.base)
-    if started_broker:
-        devbroker.start(suite.base, log)
-    suite.broker_pid = devbroker.running_pid(devbroker.paths_for(suite.base))
+    cluster = DevCluster.from_settings(suite.base, nodes=args.cluster) if args.cluster else None
+    if cluster is not None:
+        started_broker = not all(node.up for node in cluster.status())
+        if started_broker:
+            cluster.start(log)
+        suite.broker_url = cluster.layout.broker_url
+        suite.cluster_env = {"EVENTIDE_REPLICATION_FACTOR": "3"}
+        suite.broker_pid = [p for n in cluster.layout.node_ids if (p := cluster.pid(n))]
+    else:
+        started_broker = not devbroker.is_answering(suite.base)
+        if started_broker:
+            devbroker.start(suite.base, log)
+        suite.broker_pid = devbroker.running_pid(devbroker.paths_for(suite.base))
     common = {
         "command": command,
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "machine": report.machine(),
+        "machine": report.machine(cluster_nodes=args.cluster),
         "args": {k: sorted(v) if isinstance(v, set) else v for k, v in vars(args).items()},
+        "broker_url": suite.broker_url,
     }
     results: dict[str, dict[str, Any]] = {}
     try:
@@ -325,9 +364,14 @@ def main(argv: list[str] | None = None) -> int:
         for scenario in chosen:
             log(f"== {scenario}")
             results[scenario] = {"scenario": scenario, **common, **_run(suite, scenario)}
+        common["load_average_after"] = report.load_average()
+        for result in results.values():
+            result["load_average_after"] = common["load_average_after"]
     finally:
         stop_started()
-        if started_broker:
+        if started_broker and cluster is not None:
+            cluster.stop(log)
+        elif started_broker:
             devbroker.stop(suite.base, log)
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -337,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         "latency": latency_report,
     }
     for scenario, result in results.items():
-        out = report.run_dir(scenario, args.reference, stamp)
+        folder = "scaling-cluster" if cluster is not None else scenario
+        out = report.run_dir(folder, args.reference, stamp)
         markdown = writers[scenario](result, out)
         report.write(out, result, markdown, args.reference)
         print(markdown)

@@ -33,6 +33,9 @@ SCENARIOS: dict[str, str] = {
     "(`python -m benchmarks`)",
     "scaling": "1, 2 and 4 Eventide worker processes of one group on 8 partitions: total "
     "events/s and each worker's CPU per event (`python -m benchmarks`)",
+    "scaling-cluster": "the scaling rows on a three-broker cluster (replication factor 3, "
+    "min.insync.replicas 2), standby replicas off and on "
+    "(`python -m benchmarks --only scaling --cluster 3 --standby 0,1`)",
     "latency": "end-to-end latency p50/p95/p99 of one worker at fixed offered loads "
     "(`python -m benchmarks`)",
     "drain": "the issue-#4 drain: the bare-consumer ceiling, one worker, the rebuild and the "
@@ -86,13 +89,19 @@ def kafka_version() -> str:
     return found.group(1) if found else "?"
 
 
-def machine() -> dict[str, Any]:
-    """CPU model, cores, memory, Python, Kafka, the commit and the load before the run."""
+def machine(cluster_nodes: int = 0) -> dict[str, Any]:
+    """CPU model, cores, memory, Python, Kafka, the commit and the load before the run;
+    ``cluster_nodes``: the broker is a dev cluster of that many nodes."""
+    brokers = (
+        f"{cluster_nodes} KRaft nodes (broker and controller each, -Xmx512m)"
+        if cluster_nodes
+        else "one KRaft node"
+    )
     info: dict[str, Any] = {
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
-        "kafka": f"{kafka_version()}, one KRaft node on the same machine",
+        "kafka": f"{kafka_version()}, {brokers} on the same machine",
         "os": platform.platform(),
     }
     try:
@@ -146,18 +155,31 @@ def run_dir(scenario: str, reference: bool, stamp: str | None = None) -> Path:
     return out
 
 
+def load_average() -> list[str]:
+    """The 1, 5 and 15 minute load averages, as /proc/loadavg writes them."""
+    try:
+        return Path("/proc/loadavg").read_text().split()[:3]
+    except OSError:
+        return ["?", "?", "?"]
+
+
 def header(title: str, result: dict[str, Any]) -> list[str]:
-    """A report's first lines: title, command, date, machine."""
-    return [
+    """A report's first lines: title, command, date, machine (and the load after
+    the run, and the run's ``--note``, when there are)."""
+    after = result.get("load_average_after")
+    lines = [
         f"# {title}",
         "",
         "```sh",
         result["command"],
         "```",
         "",
-        f"Run {result['when']} on {machine_line(result['machine'])}",
+        f"Run {result['when']} on {machine_line(result['machine'])}"
+        + (f" Load average after the run {'/'.join(after)}." if after else ""),
         "",
     ]
+    note = result.get("args", {}).get("note")
+    return lines + ([note, ""] if note else [])
 
 
 def write(out: Path, result: dict[str, Any], markdown: str, reference: bool) -> None:
@@ -233,10 +255,11 @@ def _throughput(r: dict[str, Any]) -> str:
 
 
 def _scaling(r: dict[str, Any]) -> str:
+    standby = bool(r.get("args", {}).get("standby"))
     return "; ".join(
-        f"{row['workers']} worker{'s' if row['workers'] > 1 else ''}: "
-        f"{row['events_per_s']:,.0f}/s, "
-        f"{row['cpu_us_per_event']:.0f} µs CPU/event"
+        f"{row['workers']} worker{'s' if row['workers'] > 1 else ''}"
+        + (f" ({row.get('standby_replicas')} standby)" if standby else "")
+        + f": {row['events_per_s']:,.0f}/s, {row['cpu_us_per_event']:.0f} µs CPU/event"
         for row in r["rows"]
     )
 
@@ -301,6 +324,7 @@ def _commands(r: dict[str, Any]) -> str:
 HEADLINES = {
     "throughput": _throughput,
     "scaling": _scaling,
+    "scaling-cluster": _scaling,
     "latency": _latency,
     "drain": _drain,
     "crash": _crash,

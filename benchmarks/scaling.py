@@ -17,6 +17,11 @@ Each row gives the total events/s (every event of the workload over that
 window) and, per worker, its CPU time (``/proc/<pid>/stat``) divided by the
 events of the source partitions it owned. A row whose assignment changed
 during the run says so (``rebalanced``): its per-worker shares are then wrong.
+
+On a cluster (``python -m benchmarks --cluster 3``) the topics have three
+replicas and every row is run with each ``--standby`` count
+(EVENTIDE_STANDBY_REPLICAS): a standby follows the changelogs of partitions it
+does not own, which costs the workers CPU and the brokers fetches.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from streams.settings import Settings
 from streams.topics import ensure_topics
 
 from .procs import Progress, auth, cpu_seconds, log, start, stop, wait_until
-from .timing import POLL_S, drained, noise_meter, table_sources, topics_of
+from .timing import POLL_S, brokers_total, drained, noise_meter, table_sources, topics_of
 from .workload import Workload, publish
 
 
@@ -89,9 +94,10 @@ def drain_group(
     workers: list[Settings],
     work: Workload,
     workdir: Path,
-    broker_pid: int | None,
+    broker_pid: int | list[int] | None,
 ) -> dict[str, Any]:
-    """One row: ``workers`` (same app id, own ports and data dirs) drain ``work``."""
+    """One row: ``workers`` (same app id, own ports and data dirs) drain ``work``;
+    ``broker_pid``: the broker, or the nodes of a cluster."""
     first = workers[0]
     group = first.projection_group
     sources, tail = topics_of(first, first.projections)
@@ -159,7 +165,7 @@ def drain_group(
 
         t1 = wait_until(done, 3600, f"{len(workers)} workers: drain", procs[0], POLL_S)
         cpu = [cpu_seconds(p.pid) - c for p, c in zip(procs, cpu0, strict=True)]
-        cores = meter.stop()
+        cores = brokers_total(meter.stop())
         rebalanced = [_rebalances(s) for s in workers] != rebalances0 or assignment(
             workers, expected
         ) != owned
@@ -179,6 +185,8 @@ def drain_group(
     ]
     row = {
         "workers": len(workers),
+        "standby_replicas": first.standby_replicas,
+        "replication_factor": first.replication_factor,
         "events": total,
         "drain_s": elapsed,
         "events_per_s": total / elapsed,
@@ -192,7 +200,8 @@ def drain_group(
         "first_commit_s": first_commit[0] if first_commit else elapsed,
     }
     log(
-        f"{len(workers)} worker(s): {total:,} events in {elapsed:.1f}s = "
+        f"{len(workers)} worker(s), {first.standby_replicas} standby: {total:,} events in "
+        f"{elapsed:.1f}s = "
         f"{row['events_per_s']:,.0f}/s; CPU µs/event per worker "
         + ", ".join(f"{w['cpu_us_per_event']:.1f}" for w in per_worker if w["cpu_us_per_event"])
         + (" (REBALANCED during the run)" if rebalanced else "")
@@ -202,16 +211,22 @@ def drain_group(
 
 def scaling(
     counts: list[int],
-    make: Callable[[str, int], Settings],
+    make: Callable[[str, int, int], Settings],
     work: Workload,
     workdir: Path,
-    broker_pid: int | None,
+    broker_pid: int | list[int] | None,
     fresh_tag: Callable[[], str],
+    standbys: list[int] | None = None,
 ) -> list[dict[str, Any]]:
-    """A row per worker count; ``make(tag, i)`` is worker i's settings on topics ``tag``."""
+    """A row per worker count and standby count (EVENTIDE_STANDBY_REPLICAS;
+    None: the setting's default); ``make(tag, i, standby)`` is worker i's settings
+    on topics ``tag``."""
     rows = []
-    for n in counts:
-        tag = fresh_tag()
-        log(f"scaling: {n} worker process(es) on fresh topics bench-{tag}-*")
-        rows.append(drain_group([make(tag, i) for i in range(n)], work, workdir, broker_pid))
+    for standby in standbys or [-1]:
+        for n in counts:
+            tag = fresh_tag()
+            shown = "" if standby < 0 else f", {standby} standby replica(s)"
+            log(f"scaling: {n} worker process(es){shown} on fresh topics bench-{tag}-*")
+            group = [make(tag, i, standby) for i in range(n)]
+            rows.append(drain_group(group, work, workdir, broker_pid))
     return rows

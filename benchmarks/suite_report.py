@@ -158,17 +158,28 @@ def scaling_report(result: dict[str, Any], out: Path) -> str:
 def scaling_markdown(result: dict[str, Any]) -> str:
     """The scaling scenario's page."""
     rows: list[dict[str, Any]] = result["rows"]
-    one = next((r["events_per_s"] for r in rows if r["workers"] == 1), None)
+    ones = {r.get("standby_replicas"): r["events_per_s"] for r in rows if r["workers"] == 1}
     args = result["args"]
+    cluster = args.get("cluster") or 0
+    where = (
+        f" on a {cluster}-broker cluster (replication factor 3, min.insync.replicas 2)"
+        if cluster
+        else ""
+    )
+    standby = bool(args.get("standby"))
     lines = header(
-        f"Scaling: Eventide worker processes of one group on {args['partitions']} partitions",
+        f"Scaling: Eventide worker processes of one group on {args['partitions']} "
+        f"partitions{where}",
         result,
     )
     lines += [
-        "| worker processes | events | seconds | events/s | x 1 worker | "
-        "CPU µs/event, each worker | CPU µs/event, all workers | cores: workers / broker / "
-        "other | notes |",
-        "|---:|---:|---:|---:|---:|---|---:|---|---|",
+        "| worker processes | "
+        + ("standby replicas | " if standby else "")
+        + "events | seconds | events/s | x 1 worker | "
+        "CPU µs/event, each worker | CPU µs/event, all workers | cores: workers / broker"
+        + ("s" if cluster else "")
+        + " / other | notes |",
+        "|---:|" + ("---:|" if standby else "") + "---:|---:|---:|---:|---|---:|---|---|",
     ]
     for r in rows:
         cores = r["cores"]
@@ -182,8 +193,11 @@ def scaling_markdown(result: dict[str, Any]) -> str:
             notes.append("rebalanced during the run: shares per worker are off")
         if r["processed_while_paused"]:
             notes.append(f"{r['processed_while_paused']:,} processed before the start")
+        one = ones.get(r.get("standby_replicas"))
         lines.append(
-            f"| {r['workers']} | {r['events']:,} | {r['drain_s']:.2f} | "
+            f"| {r['workers']} | "
+            + (f"{r.get('standby_replicas')} | " if standby else "")
+            + f"{r['events']:,} | {r['drain_s']:.2f} | "
             f"{r['events_per_s']:,.0f} | {ratio(r['events_per_s'], one)} | {each} | "
             f"{r['cpu_us_per_event']:.1f} | {workers_cores:.2f} / {cores.get('broker', 0):.2f} / "
             f"{cores['other']:.2f} | {'; '.join(notes)} |"
@@ -200,7 +214,16 @@ def scaling_markdown(result: dict[str, Any]) -> str:
         "the source partitions it owned; *all workers*: their CPU time summed, per event. "
         "On a machine with fewer cores than workers + broker, the total cannot grow with "
         "the workers: what the rows show then is whether the CPU cost of an event "
-        "stays the same when the partitions are split (`benchmarks/scaling.py`).",
+        "stays the same when the partitions are split (`benchmarks/scaling.py`)."
+        + (
+            " On the cluster every topic has three replicas and producers wait for two "
+            "(acks=all, min.insync.replicas 2); *x 1 worker* compares rows with the same "
+            "standby count. A standby replica (EVENTIDE_STANDBY_REPLICAS) follows the "
+            "changelogs of partitions its worker does not own; with one worker there is "
+            "nobody to be a standby."
+            if cluster
+            else ""
+        ),
         "",
         "![Events/s and CPU per event by worker processes](throughput.png)",
         "",
@@ -231,12 +254,20 @@ def _scaling_plot(rows: list[dict[str, Any]], path: Path, partitions: int) -> No
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
-    labels = [str(r["workers"]) for r in rows]
-    one = rows[0]["events_per_s"] if rows else 1.0
+    standbys = len({r.get("standby_replicas") for r in rows}) > 1
+    labels = [
+        str(r["workers"]) + (f"\n{r.get('standby_replicas')} standby" if standbys else "")
+        for r in rows
+    ]
+    ones = {r.get("standby_replicas"): r["events_per_s"] for r in rows if r["workers"] == 1}
     bars = left.bar(labels, [r["events_per_s"] for r in rows], color=color_of("eventide"))
     left.bar_label(
         bars,
-        labels=[f"{r['events_per_s']:,.0f}/s\n{r['events_per_s'] / one:.2f}x" for r in rows],
+        labels=[
+            f"{r['events_per_s']:,.0f}/s\n"
+            f"{r['events_per_s'] / ones.get(r.get('standby_replicas'), r['events_per_s']):.2f}x"
+            for r in rows
+        ],
         fontsize=8,
     )
     left.set_xlabel("Eventide worker processes (one consumer group)")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,13 +85,24 @@ def table_sources(settings: Settings, projections: str) -> dict[str, list[str]]:
     }
 
 
-def noise_meter(measured: dict[str, int], broker_pid: int | None) -> CpuMeter:
-    """A meter of the measured processes, the broker and this process (the rest is noise)."""
+def noise_meter(measured: dict[str, int], broker_pid: int | Sequence[int] | None) -> CpuMeter:
+    """A meter of the measured processes, the broker and this process (the rest is noise).
+
+    ``broker_pid``: the broker, or the nodes of a cluster (``broker-1``, ...; see
+    :func:`brokers_total`)."""
     groups = {name: (pid, False) for name, pid in measured.items()}
     groups["suite"] = (os.getpid(), False)
-    if broker_pid is not None:
+    if isinstance(broker_pid, int):
         groups["broker"] = (broker_pid, False)
+    elif broker_pid is not None:
+        groups.update({f"broker-{i}": (pid, False) for i, pid in enumerate(broker_pid, 1)})
     return CpuMeter(groups)
+
+
+def brokers_total(cores: dict[str, float]) -> dict[str, float]:
+    """``cores`` with ``broker``: the cores of every cluster node (``broker-<i>``) together."""
+    nodes = [v for k, v in cores.items() if k.startswith("broker-")]
+    return {**cores, "broker": round(sum(nodes), 2)} if nodes else cores
 
 
 def drained(progress: Progress, group: str, sources: list[str], tail: list[str]) -> bool:

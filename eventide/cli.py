@@ -14,7 +14,6 @@ from typing import Any
 
 import click
 import uvloop
-from aiokafka.errors import KafkaError
 
 from api.app import run_api
 from api.relay import run_relay
@@ -24,53 +23,21 @@ from schemas.exceptions import EventideError
 from schemas.personal import new_kek_line
 from schemas.registry import DEFAULT_ROOT, REGISTRY_FILE, Registry
 from streams.httpaccess import token_hash
-from streams.kafka_clients import check_kafka, explain
 from streams.keys import KafkaKeyStore
 from streams.settings import Settings
 from streams.tokens import ROLES, parse_token_entries
 from streams.topics import ensure_topics
 
-from .tools import devbroker, devsecurity
+from .broker_cli import broker
+from .clicommon import fail_cleanly as _fail_cleanly
+from .clicommon import kafka_settings as _kafka_settings
+from .clicommon import settings as _settings
 from .tools.demo import run_demo
 from .tools.dlq import read_dead_letters, replay
 from .tools.history import entity_history
 from .tools.rebuild_client import run_rebuild
 from .tools.targets import check, format_table
 from .worker import run_worker
-
-
-def _settings() -> Settings:
-    return Settings.from_env()
-
-
-def _kafka_settings(purpose: str) -> Settings:
-    """The settings, once Kafka has accepted them: a refused credential or
-    certificate fails here within EVENTIDE_KAFKA_CONNECT_TIMEOUT seconds."""
-    s = _settings()
-    asyncio.run(check_kafka(s, purpose=f"eventide-{purpose}"))
-    return s
-
-
-def _fail_cleanly(fun: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn Eventide's own errors, and a Kafka client's refusals, into one clear
-    line and exit status 2."""
-
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fun(*args, **kwargs)
-        except EventideError as exc:
-            click.echo(f"eventide: error: {exc}", err=True)
-            sys.exit(2)
-        except KafkaError as exc:
-            message = explain(exc, _settings())
-            if message is None:
-                raise
-            click.echo(f"eventide: error: {message}", err=True)
-            sys.exit(2)
-
-    wrapper.__name__ = fun.__name__
-    wrapper.__doc__ = fun.__doc__
-    return wrapper
 
 
 def _logging(settings: Settings) -> None:
@@ -122,71 +89,6 @@ def demo(orders: int, show: int, seed: int, timeout: float) -> None:
         run_demo(s, orders=orders, show=show, seed=seed, timeout=timeout, echo=click.echo)
     except TimeoutError as exc:
         click.echo(f"eventide demo: {exc}", err=True)
-        sys.exit(1)
-
-
-@main.group()
-def broker() -> None:
-    """Control the development Kafka broker (KRaft, from Maven Central jars)."""
-
-
-@broker.command("install")
-@_fail_cleanly
-def broker_install() -> None:
-    """Resolve the Kafka jars with Maven (done by `start` when needed)."""
-
-    click.echo(f"jars in {devbroker.install(click.echo)}")
-
-
-@broker.command("start")
-@click.option(
-    "--secure",
-    is_flag=True,
-    help="A SASL_SSL listener (SCRAM-SHA-512, the CA of `broker certs`), deny-by-default "
-    "ACLs and one user per role (admin, worker, relay); prints what to export.",
-)
-@_fail_cleanly
-def broker_start(secure: bool) -> None:
-    """Start the broker in the background; return once it answers."""
-
-    devbroker.start(_settings(), click.echo, secure=secure)
-
-
-@broker.command("certs")
-@_fail_cleanly
-def broker_certs() -> None:
-    """Make the secured dev broker's CA, certificates and role passwords (once).
-
-    They go to <EVENTIDE_STATE_DIR>/kafka-secrets (private); `broker start
-    --secure` makes them too when missing.
-    """
-
-    s = _settings()
-    where = devsecurity.make_secrets(s, click.echo)
-    click.echo(f"CA: {where.ca}; broker keystore: {where.keystore}")
-    click.echo(devsecurity.exports(s, where))
-
-
-@broker.command("stop")
-@_fail_cleanly
-def broker_stop() -> None:
-    """Stop the broker started by `eventide broker start`."""
-
-    devbroker.stop(_settings(), click.echo)
-
-
-@broker.command("status")
-@_fail_cleanly
-def broker_status() -> None:
-    """Say whether the dev broker runs and answers; exit 1 when it does not."""
-
-    s = _settings()
-    pid, answering = devbroker.status(s)
-    where = s.bootstrap_servers[0]
-    if answering:
-        click.echo(f"broker up on {where}" + (f" (pid {pid})" if pid else " (not ours)"))
-    else:
-        click.echo(f"broker down on {where}" + (f" (pid {pid} not answering)" if pid else ""))
         sys.exit(1)
 
 
@@ -536,6 +438,8 @@ def dlq_replay(
         sent = asyncio.run(replay(_settings(), letters, bar.update))
     click.echo(f"replayed {sent} record(s)")
 
+
+main.add_command(broker)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -101,7 +101,8 @@ class Settings:
     """EVENTIDE_PARTITIONS: partitions of every topic Eventide creates."""
 
     replication_factor: int = setting(1, _int(1, 16))
-    """EVENTIDE_REPLICATION_FACTOR: replicas of every topic Eventide creates."""
+    """EVENTIDE_REPLICATION_FACTOR: replicas of every topic Eventide creates; not
+    below the brokers' ``min.insync.replicas`` (streams/topics.py checks)."""
 
     data_dir: Path = setting(Path(".eventide/data"), _path)
     """EVENTIDE_DATA_DIR: where the worker keeps its RocksDB tables."""

@@ -11,6 +11,12 @@ store, and ``eventide rebuild`` replays them from the beginning
 (streams/rebuild.py). The broker's default (7 days) would delete history. A
 topic that already exists keeps its configuration; set it with
 ``kafka-configs.sh --alter --add-config retention.ms=-1``.
+
+Topics get ``EVENTIDE_REPLICATION_FACTOR`` replicas and inherit the cluster's
+``min.insync.replicas``. Before creating any, the brokers' defaults are read:
+a replication factor below ``min.insync.replicas`` fails at start-up (no write
+with acks=all could succeed), one below ``default.replication.factor`` is
+logged as a warning.
 """
 
 from __future__ import annotations
@@ -20,7 +26,11 @@ from collections.abc import Sequence
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    InvalidReplicationFactorError,
+    KafkaConnectionError,
+    TopicAlreadyExistsError,
+)
 
 from .catalogue import CATALOGUE, TopicSpec
 from .exceptions import BrokerError, TopicConfigError
@@ -64,6 +74,7 @@ async def create_topics(settings: Settings, specs: Sequence[TopicSpec]) -> list[
         existing = set(await admin.list_topics())
         missing = [n for n in configs if n not in existing]
         if missing:
+            await _check_replication(admin, settings)
             await _create(admin, settings, {n: configs[n] for n in missing})
         present = [n for n in configs if n in existing]
         if present:
@@ -88,9 +99,47 @@ async def _create(
     )
     for name, code, message in (e[:3] for e in response.topic_errors):
         # 36: created meanwhile by another process, which is fine.
+        if code == InvalidReplicationFactorError.errno:
+            raise TopicConfigError(
+                f"could not create topic {name!r} with EVENTIDE_REPLICATION_FACTOR="
+                f"{settings.replication_factor}: {message}; start more brokers or lower "
+                "EVENTIDE_REPLICATION_FACTOR"
+            )
         if code not in (0, TopicAlreadyExistsError.errno):
             raise TopicConfigError(f"could not create topic {name!r}: {message} (code {code})")
     logger.info("created topics %s with %d partitions", list(configs), settings.partitions)
+
+
+async def _check_replication(admin: AIOKafkaAdminClient, settings: Settings) -> None:
+    """Before creating topics, compare EVENTIDE_REPLICATION_FACTOR with the
+    cluster's defaults: raise :class:`TopicConfigError` when it is below the
+    brokers' ``min.insync.replicas`` (every acks=all write would be refused with
+    NOT_ENOUGH_REPLICAS), warn when it is below ``default.replication.factor``."""
+    try:
+        brokers = (await admin.describe_cluster())["brokers"]
+        resource = ConfigResource(ConfigResourceType.BROKER, str(brokers[0]["node_id"]))
+        [response] = await admin.describe_configs([resource])
+        [found] = response.to_object()["resources"]
+        config = {e["config_names"]: e["config_value"] for e in found["config_entries"]}
+        min_isr = int(config["min.insync.replicas"])
+        default_rf = int(config["default.replication.factor"])
+    except Exception as exc:  # e.g. no DescribeConfigs ACL: Kafka still checks the count
+        logger.debug("could not read the brokers' replication defaults: %s", exc)
+        return
+    factor = settings.replication_factor
+    if factor < min_isr:
+        raise TopicConfigError(
+            f"EVENTIDE_REPLICATION_FACTOR={factor} is below the brokers' "
+            f"min.insync.replicas={min_isr}: every write with acks=all to such a topic would "
+            f"be refused (NOT_ENOUGH_REPLICAS); set EVENTIDE_REPLICATION_FACTOR={default_rf}"
+        )
+    if factor < default_rf:
+        logger.warning(
+            "creating topics with EVENTIDE_REPLICATION_FACTOR=%d on a cluster whose "
+            "default.replication.factor is %d: a broker failure can lose their records",
+            factor,
+            default_rf,
+        )
 
 
 async def _check_partitions(

@@ -2,6 +2,7 @@
 
 pytest_plugins = [
     "tests.fixtures.broker",
+    "tests.fixtures.cluster",
     "tests.fixtures.postgres",
     "tests.fixtures.secure_broker",
     "tests.fixtures.worker",

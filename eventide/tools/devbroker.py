@@ -25,7 +25,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -188,6 +188,10 @@ def running_pid(paths: BrokerPaths) -> int | None:
         pid = int(paths.pid.read_text().strip())
     except (FileNotFoundError, ValueError):
         return None
+    child = _children.get(pid)
+    if child is not None and child.poll() is not None:  # ours, and killed: reaped now
+        del _children[pid]
+        return None
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -234,10 +238,20 @@ def tail(path: Path, lines: int = 30) -> str:
         return f"(no log at {path})"
 
 
-def _format_storage(
-    settings: Settings, paths: BrokerPaths, echo: Callable[[str], None], extra: list[str]
+def new_cluster_id() -> str:
+    """A random KRaft cluster id (what ``kafka-storage.sh random-uuid`` prints)."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+
+
+def format_storage(
+    paths: BrokerPaths,
+    echo: Callable[[str], None],
+    extra: Sequence[str] = (),
+    cluster_id: str | None = None,
 ) -> None:
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """Format the KRaft storage of ``paths`` (``cluster_id``: the id shared by
+    the nodes of a cluster; a new one when None)."""
+    cluster_id = cluster_id or new_cluster_id()
     echo(f"formatting KRaft storage in {paths.data} (cluster id {cluster_id})")
     proc = subprocess.run(
         [
@@ -323,32 +337,11 @@ def _start(
     paths.config.write_text(server_properties(settings, paths, where, proxied_port))
     paths.config.chmod(0o600)  # the secured broker's passwords are in it
     if not (paths.data / "meta.properties").exists():
-        _format_storage(settings, paths, echo, devsecurity.scram_arguments(where) if where else [])
+        format_storage(paths, echo, devsecurity.scram_arguments(where) if where else [])
         if where is not None:
             paths.secure_mark.write_text(where.fingerprint + "\n")
     started = time.monotonic()
-    with paths.log.open("ab") as log:
-        proc = subprocess.Popen(
-            [
-                _java(),
-                "-Xms256m",
-                f"-Xmx{settings.broker_heap}",
-                "-XX:+UseG1GC",
-                "-XX:MaxGCPauseMillis=20",
-                "-Djava.awt.headless=true",
-                f"-Dlog4j2.configurationFile={LOG4J}",
-                "-cp",
-                f"{LIBS}/*",
-                "kafka.Kafka",
-                str(paths.config),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # survives the CLI; stopped by `eventide broker stop`
-        )
-    paths.pid.write_text(str(proc.pid))
-    _children[proc.pid] = proc
+    proc = launch(paths, settings.broker_heap)
     deadline = started + settings.broker_start_timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -365,7 +358,7 @@ def _start(
             )
             return proc.pid
         time.sleep(0.25)
-    _terminate(proc.pid, grace=10)
+    terminate(proc.pid, grace=10)
     paths.pid.unlink(missing_ok=True)
     raise BrokerError(
         f"the broker did not answer within {settings.broker_start_timeout:.0f}s "
@@ -373,7 +366,43 @@ def _start(
     )
 
 
-def _terminate(pid: int, grace: float) -> bool:
+def launch(paths: BrokerPaths, heap: str, initial_heap: str = "256m") -> subprocess.Popen[bytes]:
+    """Start the broker of ``paths`` (configured and formatted) in the background,
+    with a Java heap of at most ``heap``; record its pid. Returns at once."""
+    with paths.log.open("ab") as log:
+        proc = subprocess.Popen(
+            [
+                _java(),
+                f"-Xms{initial_heap}",
+                f"-Xmx{heap}",
+                "-XX:+UseG1GC",
+                "-XX:MaxGCPauseMillis=20",
+                "-Djava.awt.headless=true",
+                f"-Dlog4j2.configurationFile={LOG4J}",
+                "-cp",
+                f"{LIBS}/*",
+                "kafka.Kafka",
+                str(paths.config),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # survives the CLI; stopped by `eventide broker stop`
+        )
+    paths.pid.write_text(str(proc.pid))
+    _children[proc.pid] = proc
+    return proc
+
+
+def reap(pid: int) -> None:
+    """Forget (and reap) a broker of this process that was killed from outside."""
+    child = _children.pop(pid, None)
+    if child is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(10)
+
+
+def terminate(pid: int, grace: float) -> bool:
     """SIGTERM, wait up to ``grace`` seconds, then SIGKILL; True if it stopped cleanly."""
     try:
         os.kill(pid, signal.SIGTERM)
@@ -408,7 +437,7 @@ def stop(settings: Settings, echo: Callable[[str], None] = print, grace: float =
         paths.pid.unlink(missing_ok=True)
         echo(f"no dev broker running for port {settings.broker_port}")
         return False
-    clean = _terminate(pid, grace)
+    clean = terminate(pid, grace)
     paths.pid.unlink(missing_ok=True)
     echo(f"broker (pid {pid}) stopped" + ("" if clean else f" (killed after {grace:.0f}s)"))
     return True
