@@ -77,6 +77,13 @@ def main(argv: list[str] | None = None) -> int:
         "(it takes the next two ports too)",
     )
     ap.add_argument(
+        "--cluster-port",
+        type=int,
+        default=39110,
+        help="first port of the three-broker cluster of the cluster cases (the next two "
+        "ports, and the three 10 above for its controllers)",
+    )
+    ap.add_argument(
         "--port-base", type=int, default=0, help="first port for workers and proxies (0: any)"
     )
     ap.add_argument("--seed", type=int, default=11)
@@ -105,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         partitions=args.partitions,
         port_base=args.port_base,
         private_broker_port=args.private_broker_port,
+        cluster_port=args.cluster_port,
         seed=args.seed,
     )
     base = Settings.from_env(

@@ -28,6 +28,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from benchmarks.crash import audit, classify, wait_drained
 from benchmarks.procs import env_of, http_settings, log
@@ -60,6 +61,8 @@ class Options:
     """First port of the range the workers' HTTP servers and proxies take (0: the kernel's)."""
     private_broker_port: int = 0
     """Port of the broker the partition cases start for themselves (0: none given)."""
+    cluster_port: int = 0
+    """First port of the three-broker cluster of the cluster cases (0: none given)."""
     seed: int = 11
 
 
@@ -260,7 +263,13 @@ class Stream:
                 with self._extra_lock:
                     extra, self.extra = self.extra, []
                 futures += [await send(t, k, e) for t, k, e in extra]
-                await asyncio.gather(*futures)
+                try:
+                    await asyncio.gather(*futures)
+                except KafkaError:  # brokers away: send the batch again (same event ids)
+                    await asyncio.sleep(1.0)
+                    with self._extra_lock:
+                        self.extra[:0] = extra
+                    continue
                 n = due
                 self.published = n
                 await asyncio.sleep(tick)
@@ -377,11 +386,11 @@ class Case:
         group has committed everything published by the moment this is called (the
         fault's end): every read model then holds all events from before the fault."""
         assert self.committed is not None
-        target = self.committed.ends()
         deadline = time.monotonic() + timeout
+        target = self._retrying(self.committed.ends, deadline)
         while time.monotonic() < deadline:
             if worker.ready():
-                done = self.committed.committed()
+                done = self._retrying(self.committed.committed, deadline)
                 if all(done.get(tp, -1) >= end for tp, end in target.items()):
                     took = time.monotonic() - fault_at
                     self.outcome.faults += 1
@@ -390,6 +399,17 @@ class Case:
                     return took
             time.sleep(0.2)
         raise RuntimeError(f"not caught up {timeout:.0f}s after the fault; see {self.dir}")
+
+    @staticmethod
+    def _retrying(call: Callable[[], dict[TopicPartition, int]], deadline: float) -> Any:
+        """``call()``, again while the brokers do not answer (a restarting cluster)."""
+        while True:
+            try:
+                return call()
+            except KafkaError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
 
     def verify(self, via: Worker) -> Outcome:
         """Stop the stream, wait for the drain, audit every read model over ``via``."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import cases, disk, network, relay
+from . import cases, cluster, disk, network, relay
 from .harness import Case, Outcome
 
 CASES: dict[str, tuple[str, Callable[[Case], Outcome], dict[str, str]]] = {
@@ -60,6 +60,17 @@ CASES: dict[str, tuple[str, Callable[[Case], Outcome], dict[str, str]]] = {
     "disk-full": (
         "the stores' filesystem (a 64 MB tmpfs) filled up for 15 s (6 s short), then freed",
         disk.disk_full,
+        {},
+    ),
+    "leader-kill": (
+        "three-broker cluster: kill -9 of the node leading the most order-events partitions, "
+        "restarted after 15 s (6 s short)",
+        cluster.leader_kill,
+        {},
+    ),
+    "cluster-restart": (
+        "three-broker cluster: every node stopped and started again",
+        cluster.cluster_restart,
         {},
     ),
 }
