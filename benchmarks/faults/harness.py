@@ -259,11 +259,11 @@ class Stream:
             while not self._stop.is_set() and n < len(self.work.orders):
                 due = min(len(self.work.orders), int((time.monotonic() - started) * self.rate))
                 batch = self.work.orders[n:due]
-                futures = [await send(orders, key_of(e).encode(), e) for e in batch]
                 with self._extra_lock:
                     extra, self.extra = self.extra, []
-                futures += [await send(t, k, e) for t, k, e in extra]
                 try:
+                    futures = [await send(orders, key_of(e).encode(), e) for e in batch]
+                    futures += [await send(t, k, e) for t, k, e in extra]
                     await asyncio.gather(*futures)
                 except KafkaError:  # brokers away: send the batch again (same event ids)
                     await asyncio.sleep(1.0)
