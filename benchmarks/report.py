@@ -42,6 +42,9 @@ SCENARIOS: dict[str, str] = {
     "naive Faust agent on about a million Avro events (`python -m benchmarks.drain`)",
     "crash": "kill -9 of the worker during processing, then every read model audited "
     "(`python -m benchmarks.crash`)",
+    "faults": "the fault matrix: kill -9, slow events, rebalance churn, damaged stores, "
+    "offset resets, badly keyed records, compaction, network partitions, each under a steady "
+    "stream, every read model audited (`python -m benchmarks.faults`)",
     "codecs": "encode and decode rates of the event codecs against plain orjson "
     "(`python -m benchmarks.codecs`)",
     "commands": "the command API and the outbox relay: commands/s, latency, relay lag "
@@ -294,6 +297,18 @@ def _crash(r: dict[str, Any]) -> str:
     )
 
 
+def _faults(r: dict[str, Any]) -> str:
+    rows = r["rows"]
+    clean = sum(
+        1 for x in rows if not x["error"] and x["lost"] == x["double_applied"] == x["other"] == 0
+    )
+    worst = max((x["recovery_s"] or 0.0 for x in rows), default=0.0)
+    return (
+        f"{clean} of {len(rows)} cases 0 lost / 0 double-applied / 0 other; "
+        f"worst recovery {worst:.0f} s"
+    )
+
+
 def _codecs(r: dict[str, Any]) -> str:
     placed = r["results"].get("order.placed") or next(iter(r["results"].values()))
     rates = placed["rates"]
@@ -335,6 +350,7 @@ HEADLINES = {
     "latency": _latency,
     "drain": _drain,
     "crash": _crash,
+    "faults": _faults,
     "codecs": _codecs,
     "commands": _commands,
     "security": _security,

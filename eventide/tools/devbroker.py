@@ -89,21 +89,39 @@ def paths_for(settings: Settings) -> BrokerPaths:
 
 
 def server_properties(
-    settings: Settings, paths: BrokerPaths, secure: devsecurity.SecretsDir | None = None
+    settings: Settings,
+    paths: BrokerPaths,
+    secure: devsecurity.SecretsDir | None = None,
+    proxied_port: int | None = None,
 ) -> str:
     """The KRaft configuration of a single combined broker+controller node:
-    a PLAINTEXT listener, or with ``secure`` a SASL_SSL one (devsecurity.py)."""
+    a PLAINTEXT listener, or with ``secure`` a SASL_SSL one (devsecurity.py).
+
+    ``proxied_port``: a second plaintext listener, ``PROXIED`` on the broker's
+    port + 2, that advertises ``proxied_port``, where a TCP proxy in front of it
+    listens (benchmarks/faults: a network partition between a worker and the
+    broker, while other clients use the broker's own port)."""
     port = settings.broker_port
     controller = port + 1
+    proxied = (
+        ("", "", "")
+        if proxied_port is None
+        else (
+            f",PROXIED://127.0.0.1:{port + 2}",
+            f",PROXIED://127.0.0.1:{proxied_port}",
+            ",PROXIED:PLAINTEXT",
+        )
+    )
     listeners = (
         devsecurity.secure_properties(settings, secure)
         if secure is not None
         else [
-            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}"
+            + proxied[0],
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}" + proxied[1],
             "controller.listener.names=CONTROLLER",
             "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT" + proxied[2],
         ]
     )
     return "\n".join(
@@ -263,11 +281,18 @@ def format_storage(
         raise BrokerError(f"formatting broker storage failed:\n{proc.stdout[-2000:]}{proc.stderr}")
 
 
-def start(settings: Settings, echo: Callable[[str], None] = print, secure: bool = False) -> int:
+def start(
+    settings: Settings,
+    echo: Callable[[str], None] = print,
+    secure: bool = False,
+    proxied_port: int | None = None,
+) -> int:
     """Start the dev broker unless it runs; return its pid once it answers.
 
     ``secure``: a SASL_SSL listener with SCRAM users and deny-by-default ACLs
     (devsecurity.py); its storage is never shared with a plaintext broker.
+    ``proxied_port``: also a listener reached through a proxy there
+    (:func:`server_properties`).
     """
     paths = paths_for(settings)
     where = devsecurity.make_secrets(settings, echo) if secure else None
@@ -282,7 +307,7 @@ def start(settings: Settings, echo: Callable[[str], None] = print, secure: bool 
             f"the storage in {paths.home} has the SCRAM users of other passwords than "
             f"those in {where.home}; delete that folder (its topics go too) to start afresh"
         )
-    pid = _start(settings, paths, echo, where)
+    pid = _start(settings, paths, echo, where, proxied_port)
     if where is not None:
         count = devsecurity.create_acls(settings, where)
         echo(f"{count} ACLs for the worker and relay roles; to connect:")
@@ -303,6 +328,7 @@ def _start(
     paths: BrokerPaths,
     echo: Callable[[str], None],
     where: devsecurity.SecretsDir | None,
+    proxied_port: int | None = None,
 ) -> int:
     pid = running_pid(paths)
     if pid is not None and is_answering(settings):
@@ -315,7 +341,7 @@ def _start(
         )
     install(echo)
     paths.home.mkdir(parents=True, exist_ok=True)
-    paths.config.write_text(server_properties(settings, paths, where))
+    paths.config.write_text(server_properties(settings, paths, where, proxied_port))
     paths.config.chmod(0o600)  # the secured broker's passwords are in it
     if not (paths.data / "meta.properties").exists():
         format_storage(paths, echo, devsecurity.scram_arguments(where) if where else [])

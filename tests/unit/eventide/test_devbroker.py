@@ -22,6 +22,21 @@ def test_server_properties_for_the_configured_port(tmp_path):
     assert props["auto.create.topics.enable"] == "false"
 
 
+def test_a_proxied_listener_advertises_the_proxy_port(tmp_path):
+    settings = Settings.from_env(
+        {"EVENTIDE_BROKER_URL": "kafka://127.0.0.1:19500", "EVENTIDE_STATE_DIR": str(tmp_path)}
+    )
+    text = devbroker.server_properties(settings, devbroker.paths_for(settings), proxied_port=19777)
+    props = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    assert props["listeners"] == (
+        "PLAINTEXT://127.0.0.1:19500,CONTROLLER://127.0.0.1:19501,PROXIED://127.0.0.1:19502"
+    )
+    assert props["advertised.listeners"] == (
+        "PLAINTEXT://127.0.0.1:19500,PROXIED://127.0.0.1:19777"
+    )
+    assert props["listener.security.protocol.map"].endswith(",PROXIED:PLAINTEXT")
+
+
 def test_a_stale_pid_file_is_not_a_running_broker(tmp_path):
     paths = devbroker.BrokerPaths(tmp_path)
     tmp_path.mkdir(exist_ok=True)

@@ -1,0 +1,1 @@
+"""The fault matrix (``python -m benchmarks.faults``): cases, harness, verifier."""
