@@ -158,9 +158,13 @@ def verify(settings: Settings, expected: dict[str, dict[str, Any]], n: int) -> i
     bad = 0
     for table, docs in expected.items():
         for key in rng.sample(sorted(docs), min(n, len(docs))):
-            code, body = fetch_json(
-                f"{settings.web_url}/{table}/{key}", token=settings.http_token.reveal()
-            )
+            for _ in range(20):  # 503: partitions being assigned (a rebalance): retry shortly
+                code, body = fetch_json(
+                    f"{settings.web_url}/{table}/{key}", token=settings.http_token.reveal()
+                )
+                if code != 503:
+                    break
+                time.sleep(0.5)
             if code != 200 or body != docs[key]:
                 bad += 1
                 if bad <= 3:
