@@ -23,6 +23,19 @@ from . import report
 from .procs import log
 from .saga_crash import run
 
+EXPLAINED = (
+    "For each failure rate, a fresh worker (orders + sagas projections) and the three"
+    " demo participants (`eventide participant all`) run on topics of their own; all "
+    "orders are placed at once, so a saga's duration (`finishedAt - startedAt`) inclu"
+    "des its wait in the queue. Sagas/s is the finished sagas over the span from the "
+    "first saga's start to the last one's finish. With failures, sagas that fail end "
+    "after fewer steps, hence the higher rate. *Problems* counts what the crash scena"
+    "rio checks (no command applied twice by a participant, no compensation for a ste"
+    "p that never ran, every saga completed or fully compensated; `benchmarks/saga_cr"
+    "ash.py`), here without kills."
+)
+"""What the page's figures mean."""
+
 
 def sagas_report(result: dict[str, Any]) -> str:
     """The run's README.md."""
@@ -38,6 +51,7 @@ def sagas_report(result: dict[str, Any]) -> str:
             f"| {r.get('duration_p50_ms', 0):,.0f} | {r.get('duration_p99_ms', 0):,.0f} "
             f"| {len(r['problems'])} |"
         )
+    lines += ["", EXPLAINED]
     return "\n".join(lines) + "\n"
 
 
