@@ -52,7 +52,7 @@ from streams.settings import Settings
 from streams.topics import ensure_topics
 
 from . import report
-from .latency import latency_at_loads
+from .latency import floor_at_loads, latency_at_loads
 from .procs import (
     Progress,
     auth,
@@ -263,17 +263,25 @@ class Suite:
 
     def latency(self) -> list[dict[str, Any]]:
         args = self.args
+        rates = [int(r) for r in args.rates.split(",") if r]
+        # The floor first, on topics of its own, with no worker running (benchmarks/latency.py).
+        bare = self.settings("latency-floor", uuid.uuid4().hex[:8], args.projections)
+        asyncio.run(ensure_topics(bare))
+        log(f"latency floor: a bare consumer at {rates} events/s for {args.rate_seconds:.0f}s each")
+        floors = floor_at_loads(bare, rates, args.rate_seconds, log)
         lat = self.settings("eventide-latency", uuid.uuid4().hex[:8], args.projections)
         asyncio.run(ensure_topics(lat))
         cmd = [sys.executable, "-m", "eventide.cli", "worker"]
         proc = start(cmd, lat, self.workdir / "latency.log")
         try:
             wait_until(lambda: ready(lat), 120, "latency worker start", proc)
-            rates = [int(r) for r in args.rates.split(",") if r]
             log(f"latency: offered loads {rates} for {args.rate_seconds:.0f}s each")
-            return latency_at_loads(lat, rates, args.rate_seconds, log)
+            rows = latency_at_loads(lat, rates, args.rate_seconds, log)
         finally:
             stop(proc)
+        for row, rate in zip(rows, rates, strict=False):
+            row["floor"] = floors.get(rate)
+        return rows
 
     @staticmethod
     def _log_row(name: str, d: dict[str, Any]) -> None:

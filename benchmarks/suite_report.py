@@ -345,11 +345,11 @@ def latency_markdown(result: dict[str, Any]) -> str:
         "(`benchmarks/latency.py`). The producer shares the machine's cores with the worker "
         "and the broker.",
         "",
-        "The baseline of the same run is the latency floor: a bare aiokafka group consumer "
-        "in a process of its own, subscribed to the worker's topics during the same window, "
-        "no decode, no state, no output, notes how old each record is when `getmany` hands it "
-        "over (exact percentiles; `benchmarks/latency_floor.py`). It is what the producer, "
-        "the broker and one fetch cost on this machine before any worker does anything; "
+        "The baseline of the same run is the latency floor: before the worker starts, the "
+        "same producer offers the same rates to topics of their own, and a bare aiokafka group "
+        "consumer in a process of its own, no decode, no state, no output, notes how old each "
+        "record is when `getmany` hands it over (exact percentiles; `benchmarks/latency_floor.py`"
+        "). It is what the producer, the broker and one fetch cost on this machine; "
         "Eventide adds its fetch, the batch, the outputs' and the changelog's round trips to "
         "the broker (acks=all) and the RocksDB write.",
         "",
