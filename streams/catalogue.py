@@ -115,30 +115,23 @@ PII_KEYS = TopicSpec(
     ),
 )
 
-INVENTORY_COMMANDS = TopicSpec(
-    "inventory-commands",
-    "orderId",
-    "the order saga's commands to the inventory service: inventory.reserve, inventory.release",
-    consumed=False,
-    retention_ms=KEEP_FOREVER,
-    events=("inventory.reserve", "inventory.release"),
-)
-PAYMENT_COMMANDS = TopicSpec(
-    "payment-commands",
-    "orderId",
-    "the order saga's commands to the payment service: payment.process, payment.refund",
-    consumed=False,
-    retention_ms=KEEP_FOREVER,
-    events=("payment.process", "payment.refund"),
-)
-SHIPMENT_COMMANDS = TopicSpec(
-    "shipment-commands",
-    "orderId",
-    "the order saga's commands to the shipment service: shipment.create, shipment.cancel",
-    consumed=False,
-    retention_ms=KEEP_FOREVER,
-    events=("shipment.create", "shipment.cancel"),
-)
+
+def _saga_commands(service: str, *events: str) -> TopicSpec:
+    """The topic of the order saga's commands to one participant (``events``: its
+    step's command, then the compensation's)."""
+    return TopicSpec(
+        f"{service}-commands",
+        "orderId",
+        f"the order saga's commands to the {service} service: {', '.join(events)}",
+        consumed=False,
+        retention_ms=KEEP_FOREVER,
+        events=events,
+    )
+
+
+INVENTORY_COMMANDS = _saga_commands("inventory", "inventory.reserve", "inventory.release")
+PAYMENT_COMMANDS = _saga_commands("payment", "payment.process", "payment.refund")
+SHIPMENT_COMMANDS = _saga_commands("shipment", "shipment.create", "shipment.cancel")
 SAGA_REPLIES = TopicSpec(
     "saga-replies",
     "orderId",
