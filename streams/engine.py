@@ -54,7 +54,7 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError
 from mode import Service
 
-from tables.changelog import CHANGELOG, apply_changelog
+from tables.changelog import CHANGELOG, SEQ, ChangelogReplay
 from tables.store import PartitionStore, RocksDBOptions
 
 from .assignor import HostAwareRangeAssignor
@@ -462,11 +462,23 @@ class ProjectionEngine(Service):
         return the number of records replayed."""
         topic = self.changelog_topic(table)
         count = 0
+        replay = ChangelogReplay(store.offset(SEQ))
         async for records in self.transport.read(topic, partition, store.offset(CHANGELOG) + 1):
-            apply_changelog(store, records)
+            values, offsets = replay.feed(records)
+            if offsets:
+                store.write(values, offsets)
             count += len(records)
         if count:
             logger.info("restored %s[%d]: %d records", topic, partition, count)
+        left_out = replay.dropped + len(replay.pending)
+        if left_out:
+            logger.warning(
+                "restored %s[%d] without %d records of an unfinished batch (a worker "
+                "stopped while producing its changelog; its events are applied again)",
+                topic,
+                partition,
+                left_out,
+            )
         return count
 
     # -- queries -------------------------------------------------------------

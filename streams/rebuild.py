@@ -62,7 +62,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from schemas.exceptions import EventError
-from tables.changelog import CHANGELOG, offsets_record
+from tables.changelog import CHANGELOG, SEQ, next_seq, offsets_record
 from tables.store import PartitionStore
 from tables.transaction import Transaction
 
@@ -415,6 +415,7 @@ class RebuildManager:
                 for topic in (source, retry_topic(source)):
                     if store.offset(topic) >= 0:
                         offsets[topic] = store.offset(topic)
+            offsets[SEQ] = next_seq(store.offsets())  # the switch is the live store's next batch
             shadows[p].write(dict(store.raw_items(STATE_PREFIX)), offsets)
         last = await engine.write_changelog(
             rebuild.table,
@@ -442,14 +443,17 @@ class RebuildManager:
         """The changelog records that replace a partition's live state with the
         shadow's: every shadow key, a tombstone per live key the shadow lacks,
         then the offsets record."""
+        count = 0
         for key, raw in shadow.raw_items():
             rebuild.changelog_records += 1
+            count += 1
             yield key, raw
         for key, _ in live.raw_items():
             if key not in shadow:
                 rebuild.tombstones += 1
+                count += 1
                 yield key, None
-        yield offsets_record(shadow.offsets())
+        yield offsets_record(shadow.offsets(), count)
 
     def reader(self, table: str) -> AIOKafkaConsumer:
         """The rebuild's own consumer of the source topics (no group, no commits)."""

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from tables.changelog import CHANGELOG, apply_changelog
+from tables.changelog import CHANGELOG, SEQ, ChangelogReplay
 from tables.store import PartitionStore
 
 from .healing import open_store
@@ -33,6 +33,8 @@ class StandbyReplicas:
         self.engine = engine
         self.stores: dict[tuple[str, int], PartitionStore] = {}
         """(table, partition) → warm store of a partition another worker owns."""
+        self._replays: dict[tuple[str, int], ChangelogReplay] = {}
+        """(table, partition) → the complete batches read so far of its changelog."""
 
     def targets(self) -> set[tuple[str, int]]:
         """Table partitions this worker keeps warm: those owned by the next
@@ -54,6 +56,7 @@ class StandbyReplicas:
 
     def take(self, table: str, partition: int) -> PartitionStore | None:
         """Hand a warm store over to the engine (its partition was assigned here)."""
+        self._replays.pop((table, partition), None)
         return self.stores.pop((table, partition), None)
 
     def close(self) -> None:
@@ -61,6 +64,7 @@ class StandbyReplicas:
         for store in self.stores.values():
             store.close()
         self.stores.clear()
+        self._replays.clear()
 
     async def run(self) -> None:
         """Follow the wanted changelog partitions until the engine stops."""
@@ -86,9 +90,13 @@ class StandbyReplicas:
                 got = await reader.getmany(timeout_ms=500, max_records=20_000)
                 async with engine.locked():
                     for tp, records in got.items():
-                        store = self.stores.get((table_of[tp.topic], tp.partition))
-                        if store is not None and records:
-                            apply_changelog(store, records)
+                        key = (table_of[tp.topic], tp.partition)
+                        store, replay = self.stores.get(key), self._replays.get(key)
+                        if store is not None and replay is not None and records:
+                            # complete batches only: a standby may become the store
+                            values, offsets = replay.feed(records)
+                            if offsets:
+                                store.write(values, offsets)
         finally:
             await reader.stop()
 
@@ -101,6 +109,7 @@ class StandbyReplicas:
         """Close the dropped stores, open the added ones, reassign the reader."""
         engine = self.engine
         for key in dropped:
+            self._replays.pop(key, None)
             store = self.stores.pop(key, None)
             if store is not None:
                 store.close()
@@ -110,4 +119,6 @@ class StandbyReplicas:
         tps = {TopicPartition(engine.changelog_topic(t), p): (t, p) for t, p in self.stores}
         reader.assign(list(tps))
         for tp, key in tps.items():
-            reader.seek(tp, self.stores[key].offset(CHANGELOG) + 1)
+            store = self.stores[key]
+            reader.seek(tp, store.offset(CHANGELOG) + 1)
+            self._replays[key] = ChangelogReplay(store.offset(SEQ))

@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from .changelog import CHANGELOG, META_PREFIX, batch_records
+from .changelog import CHANGELOG, META_PREFIX, SEQ, batch_records, next_seq
 from .exceptions import TransactionStateError
 from .store import PartitionStore
 
@@ -116,9 +116,11 @@ class Transaction:
     # -- prepared --------------------------------------------------------------
 
     def prepare(self) -> dict[bytes, bytes | None]:
-        """Encode the updates once and freeze them; return them as stored bytes
+        """Encode the updates once and freeze them, numbered one after the batch
+        before (:data:`~tables.changelog.SEQ`); return them as stored bytes
         (None for deletes)."""
         self._expect(TransactionStatus.STARTED, "prepare")
+        self.offsets[SEQ] = next_seq(self._last_offsets())
         raw = self._raw
         self._encoded = {
             k: (None if v is None else raw.get(k) or orjson.dumps(v))
@@ -126,6 +128,16 @@ class Transaction:
         }
         self.status = TransactionStatus.PREPARED
         return self._encoded
+
+    def _last_offsets(self) -> dict[str, int]:
+        """The offsets of the newest earlier batch numbered: a prepared parent's,
+        or the store's."""
+        parent = self.parent
+        while parent is not None:
+            if SEQ in parent.offsets:
+                return parent.offsets
+            parent = parent.parent
+        return self.store.offsets()
 
     def changelog(self) -> Iterator[tuple[bytes, bytes | None]]:
         """The changelog records of the prepared transaction: data, then offsets."""

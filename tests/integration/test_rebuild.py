@@ -31,6 +31,7 @@ from streams.outputs import KeyPartitioner
 from streams.rebuild import RebuildManager
 from streams.settings import Settings
 from streams.topics import ensure_topics
+from tables.changelog import batch_records
 from tables.readmodels.customers import customer_view
 from tables.store import PartitionStore
 from tests.fixtures.broker import free_port
@@ -53,18 +54,21 @@ def rebuild_cli(
 
 
 async def _corrupt(settings: Settings, table: str, docs: dict[str, dict[str, Any]]) -> None:
-    """Write ``docs`` straight to the table's changelog, as a buggy writer would."""
+    """Write ``docs`` straight to the table's changelog, as a buggy writer would:
+    per partition, one batch of those documents ended by an offsets record."""
     spec = next(p.spec for p in PROJECTIONS if p.spec.name == table)
     topic = settings.topic(changelog_spec(settings, table, spec.changelog).name)
     partition = KeyPartitioner(settings.partitions)
+    batches: dict[int, dict[bytes, bytes | None]] = {}
+    for key, doc in docs.items():
+        raw = key.encode()
+        batches.setdefault(partition(raw), {})[raw] = orjson.dumps(doc)
     producer = AIOKafkaProducer(**aiokafka_options(settings), acks="all")
     await producer.start()
     try:
-        for key, doc in docs.items():
-            raw = key.encode()
-            await producer.send_and_wait(
-                topic, orjson.dumps(doc), key=raw, partition=partition(raw)
-            )
+        for p, values in batches.items():
+            for raw, value in batch_records(values, {}):
+                await producer.send_and_wait(topic, value, key=raw, partition=p)
     finally:
         await producer.stop()
 

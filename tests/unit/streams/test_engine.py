@@ -23,7 +23,7 @@ from streams.engine import Lookup, ProjectionEngine
 from streams.failures import Outcome, retry_topic
 from streams.projection import BatchContext, Projection, projection
 from streams.settings import Settings
-from tables.changelog import CHANGELOG, OFFSETS_KEY
+from tables.changelog import CHANGELOG, OFFSETS_KEY, RECORDS, SEQ
 from tables.transaction import TransactionStatus
 
 from .fake_transport import FakeBroker, FakeTransport
@@ -109,7 +109,7 @@ async def test_a_batch_reaches_the_read_model_changelog_outputs_and_offsets(tmp_
     assert engine.lookup("orders", "o-2")[1]["status"] == "pending"
     # one changelog record per changed key (o-1 written twice in the batch), then the offsets
     assert [k for k, _ in changelog(broker, engine)] == [b"o-1", b"o-2", OFFSETS_KEY]
-    assert changelog(broker, engine)[-1] == (OFFSETS_KEY, {"order-events": 2})
+    assert changelog(broker, engine)[-1] == (OFFSETS_KEY, {"order-events": 2, SEQ: 1, RECORDS: 2})
     assert engine.changelog_topic("orders") == "order-views"  # the published views
     facts = [orjson.loads(r.value) for r in broker.log("customer-facts")]  # encoded on send
     assert [(f["orderId"], f["paidAmount"]) for f in facts] == [("o-1", 16.0), ("o-2", None)]
@@ -234,7 +234,10 @@ async def test_the_next_batch_is_applied_while_the_one_before_waits_for_its_acks
         for r in broker.log(engine.changelog_topic("orders"))
         if r.key == OFFSETS_KEY
     ]
-    assert offsets == [{"order-events": 0}, {"order-events": 1}]
+    assert offsets == [
+        {"order-events": 0, SEQ: 1, RECORDS: 1},
+        {"order-events": 1, SEQ: 2, RECORDS: 1},
+    ]
     held[3].arrived.set()  # batch 2's changelog acknowledged first: it waits for batch 1
     await asyncio.sleep(0.01)
     assert store.get(b"o-1") is None

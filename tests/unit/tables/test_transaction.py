@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from tables.changelog import CHANGELOG, OFFSETS_KEY
+from tables.changelog import CHANGELOG, OFFSETS_KEY, SEQ
 from tables.exceptions import StateError, TransactionStateError
 from tables.store import PartitionStore
 from tables.transaction import Transaction, TransactionStatus
@@ -80,7 +80,7 @@ def test_a_transaction_goes_started_prepared_complete(store):
     tx.flush(changelog_offset=77)
     assert tx.status is TransactionStatus.COMPLETE
     assert store.get(b"o-1") == {"v": 2} and b"o-2" not in store
-    assert store.offsets() == {"order-events": 12, "user-events": 3, CHANGELOG: 77}
+    assert store.offsets() == {"order-events": 12, "user-events": 3, SEQ: 1, CHANGELOG: 77}
 
 
 def test_flush_without_a_changelog_leaves_the_changelog_offset_alone(store):
@@ -94,7 +94,7 @@ def test_flush_without_a_changelog_leaves_the_changelog_offset_alone(store):
     second.commit()  # prepare and flush, no changelog (a rebuild's shadow store)
     assert second.status is TransactionStatus.COMPLETE
     assert store.get(b"o-9") == [1]
-    assert store.offsets() == {"order-events": 2, CHANGELOG: 5}
+    assert store.offsets() == {"order-events": 2, SEQ: 2, CHANGELOG: 5}
 
 
 def test_values_encoded_by_the_caller_are_stored_as_given(store):
@@ -118,7 +118,7 @@ def test_the_changelog_has_the_data_then_the_offsets_never_the_local_position(st
         (b"o-1", b'{"v":1}'),
         (b"o-2", None),  # a tombstone
         (RETRY + b"o-1", b'{"next":1}'),
-        (OFFSETS_KEY, b'{"order-events":12}'),
+        (OFFSETS_KEY, b'{"order-events":12,"__seq__":1,"__records__":3}'),
     ]
     assert list(tx.changelog()) == records  # asked again, the same records
 
@@ -127,7 +127,9 @@ def test_a_batch_without_changes_still_records_its_offsets(store):
     tx = Transaction(store)
     tx.applied("order-events", 3)  # every record of the batch was skipped
     tx.prepare()
-    assert list(tx.changelog()) == [(OFFSETS_KEY, b'{"order-events":3}')]
+    assert list(tx.changelog()) == [
+        (OFFSETS_KEY, b'{"order-events":3,"__seq__":1,"__records__":0}')
+    ]
 
 
 def test_a_failed_transaction_leaves_nothing_in_the_store(store):
