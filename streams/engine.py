@@ -31,9 +31,11 @@ RocksDB two broker round trips after it was fetched (outputs, then changelog).
 A crash anywhere leaves the changelog at or ahead of the local store; on
 assignment, a partition replays its changelog from the last changelog offset
 its store has seen, which also restores the applied source offsets. Records
-whose effects are already in the store are then skipped by offset; effects
-that reached the changelog without their offsets record are absorbed by the
-projections' per-entity deduplication (event ids, upserts). A batch redone
+whose effects are already in the store are then skipped by offset. Only
+complete batches are replayed: data records that reached the changelog
+without their offsets record (a worker killed while producing them) are left
+out, here and in later replays (:class:`~tables.changelog.ChangelogReplay`),
+since their events are applied again. A batch redone
 after a crash may emit its outputs twice, which their consumers absorb the
 same way (customer facts are versioned upserts, retry copies carry sequence
 numbers).
