@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import sys
 import tempfile
@@ -138,6 +139,8 @@ class Suite:
                 "EVENTIDE_PROJECTIONS": projections,
                 **http_settings(),
                 **self.cluster_env,
+                # the engine's client as the caller chose it (aiokafka unless set)
+                **{k: v for k, v in os.environ.items() if k == "EVENTIDE_KAFKA_CLIENT"},
                 **extra,
             }
         )
