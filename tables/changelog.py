@@ -103,8 +103,8 @@ class ChangelogReplay:
 
     def __init__(self, seq: int = 0) -> None:
         self.seq = max(seq, 0)
-        self.pending: list[ChangelogRecord] = []
-        """Data records read since the last offsets record."""
+        self.pending: list[tuple[bytes, bytes | None]] = []
+        """(key, value) of the data records read since the last offsets record."""
         self.dropped = 0
         """Data records of torn batches left out so far (the tail not counted)."""
 
@@ -121,7 +121,7 @@ class ChangelogReplay:
             key = record.key
             if key != OFFSETS_KEY:
                 if key is not None:  # a keyless record carries no state
-                    pending.append(record)
+                    pending.append((key, record.value))
                 continue
             body = orjson.loads(record.value)
             count = body.pop(RECORDS, None)
@@ -130,8 +130,7 @@ class ChangelogReplay:
                 torn = len(pending) - count
                 self.dropped += torn
                 del pending[:torn]
-            for data in pending:
-                values[data.key] = data.value
+            values.update(pending)
             pending.clear()
             body[SEQ] = self.seq = seq if isinstance(seq, int) else 0
             offsets.update(body)
