@@ -8,11 +8,12 @@ import time
 
 import pytest
 
-from benchmarks.crash import audit, publish_slowly, wait_drained
+from benchmarks.crash import publish_slowly, wait_drained
 from benchmarks.workload import expected_state, make_workload
 from eventide.tools.demo import fetch_json
 from streams.settings import Settings
 from streams.topics import ensure_topics
+from tests.fixtures.audit import assert_read_model
 from tests.fixtures.broker import free_port
 
 pytestmark = pytest.mark.integration
@@ -34,8 +35,8 @@ def test_kill_9_during_processing_loses_nothing_and_applies_nothing_twice(
         worker = worker_factory(settings).start()
     publisher.join(120)
     wait_drained(settings)
-    assert audit(settings.web_url, exp_orders, "orders") == {}
-    assert audit(settings.web_url, exp_customers, "customers") == {}
+    assert_read_model(settings.web_url, exp_orders, "orders")
+    assert_read_model(settings.web_url, exp_customers, "customers")
 
 
 def test_two_workers_serve_every_key_and_survive_losing_one(make_settings, worker_factory):
@@ -57,8 +58,8 @@ def test_two_workers_serve_every_key_and_survive_losing_one(make_settings, worke
     b.kill()  # the survivor takes b's partitions once b's session times out
     publisher.join(120)
     wait_drained(first)
-    assert audit(first.web_url, exp_orders, "orders") == {}
-    assert audit(first.web_url, exp_customers, "customers") == {}
+    assert_read_model(first.web_url, exp_orders, "orders")
+    assert_read_model(first.web_url, exp_customers, "customers")
 
     b = worker_factory(second).start()  # back: partitions split again
     sample = dict(random.Random(3).sample(sorted(exp_orders.items()), 300))
@@ -69,8 +70,8 @@ def test_two_workers_serve_every_key_and_survive_losing_one(make_settings, worke
             break
         time.sleep(0.5)
     assert all(h["partitions"] for h in health), health  # both own partitions
-    assert audit(first.web_url, sample, "orders") == {}
-    assert audit(second.web_url, sample, "orders") == {}
+    assert_read_model(first.web_url, sample, "orders")
+    assert_read_model(second.web_url, sample, "orders")
     a.stop()
 
 
@@ -116,8 +117,8 @@ def test_standby_replica_keeps_a_warm_copy_for_failover(make_settings, worker_fa
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len(health(first).get("partitions", [])) < 8:
         time.sleep(0.5)
-    assert audit(first.web_url, exp_orders, "orders") == {}
-    assert audit(first.web_url, exp_customers, "customers") == {}
+    assert_read_model(first.web_url, exp_orders, "orders")
+    assert_read_model(first.web_url, exp_customers, "customers")
     # the takeover replayed only the changelog tail the standby had not yet seen
     restored = [
         int(line.rsplit(": ", 1)[1].split()[0])

@@ -19,7 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from agents import PROJECTIONS, OrdersProjection
-from benchmarks.crash import audit, publish_slowly, wait_drained
+from benchmarks.crash import publish_slowly, wait_drained
 from benchmarks.workload import Workload, expected_state, make_workload, publish
 from eventide.tools.demo import fetch_json
 from eventide.tools.rebuild_client import request_json
@@ -34,6 +34,7 @@ from streams.topics import ensure_topics
 from tables.changelog import batch_records
 from tables.readmodels.customers import customer_view
 from tables.store import PartitionStore
+from tests.fixtures.audit import assert_read_model
 from tests.fixtures.broker import free_port
 from tests.fixtures.worker import settings_env
 
@@ -127,9 +128,9 @@ def test_rebuild_repairs_a_corrupted_read_model_while_events_flow(make_settings,
     asyncio.run(_corrupt(settings, "customers", bad_customers))
     shutil.rmtree(settings.data_dir)
     worker = worker_factory(settings).start()
-    assert audit(settings.web_url, bad_orders, "orders") == {}
+    assert_read_model(settings.web_url, bad_orders, "orders")
     bogus_views = {k: customer_view(v) for k, v in bad_customers.items()}
-    assert audit(settings.web_url, bogus_views, "customers") == {}
+    assert_read_model(settings.web_url, bogus_views, "customers")
 
     # Rebuild both while the rest of the events arrive.
     rest = Workload(users=[], orders=work.orders[cut:])
@@ -154,16 +155,16 @@ def test_rebuild_repairs_a_corrupted_read_model_while_events_flow(make_settings,
     publisher.join(120)
     wait_drained(settings)
     exp_orders, exp_customers = expected_state(work)
-    assert audit(settings.web_url, exp_orders, "orders") == {}
-    assert audit(settings.web_url, exp_customers, "customers") == {}
+    assert_read_model(settings.web_url, exp_orders, "orders")
+    assert_read_model(settings.web_url, exp_customers, "customers")
     assert "rebuild of orders switched" in worker.output()
     assert worker.stop() == 0
 
     # The changelogs hold the rebuilt models: a worker without local files gets them.
     shutil.rmtree(settings.data_dir)
     worker = worker_factory(settings).start()
-    assert audit(settings.web_url, exp_orders, "orders") == {}
-    assert audit(settings.web_url, exp_customers, "customers") == {}
+    assert_read_model(settings.web_url, exp_orders, "orders")
+    assert_read_model(settings.web_url, exp_customers, "customers")
 
 
 def test_rebuild_runs_on_every_worker_and_refuses_what_it_cannot_rebuild(
@@ -201,7 +202,7 @@ def test_rebuild_runs_on_every_worker_and_refuses_what_it_cannot_rebuild(
         done += status["recordsDone"]
     assert done == len(work.orders)
     exp_orders, _ = expected_state(work)
-    assert audit(second.web_url, exp_orders, "orders") == {}
+    assert_read_model(second.web_url, exp_orders, "orders")
 
     run = rebuild_cli(first, "nope")
     assert run.returncode == 2

@@ -16,12 +16,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CommitFailedError, UnknownMemberIdError
 from aiokafka.structs import OffsetAndMetadata
 
-from benchmarks.crash import audit, lag, wait_drained
+from benchmarks.crash import lag, wait_drained
 from benchmarks.workload import expected_state, make_workload, publish
 from streams.catalogue import CUSTOMER_FACTS, ORDER_EVENTS, USER_EVENTS
 from streams.kafka_clients import aiokafka_options
 from streams.settings import Settings
 from streams.topics import ensure_topics
+from tests.fixtures.audit import assert_read_model
 
 pytestmark = pytest.mark.integration
 
@@ -76,6 +77,6 @@ def test_applied_but_uncommitted_offsets_are_committed_after_a_restart(
     worker = worker_factory(settings).start()
     wait_drained(settings, timeout=60)  # committed without any new event arriving
     exp_orders, exp_customers = expected_state(work)
-    assert audit(settings.web_url, exp_orders, "orders") == {}  # nothing applied twice
-    assert audit(settings.web_url, exp_customers, "customers") == {}
+    assert_read_model(settings.web_url, exp_orders, "orders")  # nothing applied twice
+    assert_read_model(settings.web_url, exp_customers, "customers")
     worker.stop()
