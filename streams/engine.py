@@ -466,21 +466,13 @@ class ProjectionEngine(Service):
         count = 0
         replay = ChangelogReplay(store.offset(SEQ))
         async for records in self.transport.read(topic, partition, store.offset(CHANGELOG) + 1):
-            values, offsets = replay.feed(records)
-            if offsets:
-                store.write(values, offsets)
+            replay.restore(store, records)
             count += len(records)
         if count:
             logger.info("restored %s[%d]: %d records", topic, partition, count)
-        left_out = replay.dropped + len(replay.pending)
-        if left_out:
-            logger.warning(
-                "restored %s[%d] without %d records of an unfinished batch (a worker "
-                "stopped while producing its changelog; its events are applied again)",
-                topic,
-                partition,
-                left_out,
-            )
+        if replay.left_out:  # a worker stopped while producing them; their events are redone
+            msg = "restored %s[%d] without %d records of an unfinished batch"
+            logger.warning(msg, topic, partition, replay.left_out)
         return count
 
     # -- queries -------------------------------------------------------------

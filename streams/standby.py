@@ -93,10 +93,7 @@ class StandbyReplicas:
                         key = (table_of[tp.topic], tp.partition)
                         store, replay = self.stores.get(key), self._replays.get(key)
                         if store is not None and replay is not None and records:
-                            # complete batches only: a standby may become the store
-                            values, offsets = replay.feed(records)
-                            if offsets:
-                                store.write(values, offsets)
+                            replay.restore(store, records)  # complete batches only
         finally:
             await reader.stop()
 

@@ -137,6 +137,17 @@ class ChangelogReplay:
             offsets[CHANGELOG] = record.offset
         return values, offsets
 
+    def restore(self, store: WritableStore, records: Iterable[ChangelogRecord]) -> None:
+        """Write the batches ``records`` complete to ``store`` in one WriteBatch."""
+        values, offsets = self.feed(records)
+        if offsets:
+            store.write(values, offsets)
+
+    @property
+    def left_out(self) -> int:
+        """Data records not restored: torn batches' and those still pending."""
+        return self.dropped + len(self.pending)
+
 
 def decode(records: Iterable[ChangelogRecord]) -> tuple[dict[bytes, bytes | None], dict[str, int]]:
     """Values and offsets of the complete batches in ``records``, read from the
