@@ -34,6 +34,7 @@ from .clicommon import fail_cleanly as _fail_cleanly
 from .clicommon import kafka_settings as _kafka_settings
 from .clicommon import settings as _settings
 from .contracts_cli import asyncapi_command, export_command
+from .rabbitmq_cli import rabbitmq
 from .saga_cli import participant, saga
 from .tools.demo import run_demo
 from .tools.dlq import read_dead_letters, replay
@@ -486,6 +487,7 @@ def dlq_replay(
 
 
 main.add_command(broker)
+main.add_command(rabbitmq)
 main.add_command(participant)
 main.add_command(saga)
 
