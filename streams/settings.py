@@ -249,6 +249,10 @@ class Settings:
     """EVENTIDE_RABBITMQ_PREFETCH: unacknowledged messages a bridge holds at once; also
     its batch: the bridge acks a batch once Kafka acknowledged all of it."""
 
+    bridge_metrics_port: int = setting(6082, _int(0, 65535))
+    """EVENTIDE_BRIDGE_METRICS_PORT: port (on EVENTIDE_API_HOST) where ``eventide bridge
+    rabbitmq`` serves Prometheus metrics (0: none)."""
+
     rabbitmq_start_timeout: float = setting(60.0, _float(1, 600))
     """EVENTIDE_RABBITMQ_START_TIMEOUT: seconds ``eventide rabbitmq start`` waits for
     the dev node to accept AMQP connections."""
