@@ -297,6 +297,59 @@ class RabbitBridge:
         return await producer.send(self.dlq, message.body, key, headers=headers)
 
 
+class RabbitPublisher:
+    """RabbitMQ out: publishes events to the topic exchange (EVENTIDE_RABBITMQ_EXCHANGE)
+    for the outbox relay, with the relay's producer calls (``start``, ``send``, ``stop``).
+
+    Each message: routing key = event name, persistent, message id = event id,
+    content type and the event's headers as AMQP headers. The channel runs in
+    publisher-confirm mode: the future :meth:`send` returns completes only once
+    RabbitMQ confirmed the message (and fails on a negative confirm), so the
+    relay marks a row published after the confirm only. Messages of one channel
+    keep their order, so each entity's events arrive in outbox order.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._connection: AbstractConnection | None = None
+        self._exchange: AbstractExchange | None = None
+
+    async def start(self) -> None:
+        """Connect and declare the exchange; :class:`BrokerError` naming the URL when refused."""
+        self._connection = await connect(self.settings)
+        channel = await self._connection.channel(publisher_confirms=True)
+        self._exchange = await declare_exchange(self.settings, channel)
+
+    async def stop(self) -> None:
+        """Close the connection (unconfirmed messages stay unmarked in the outbox)."""
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = self._exchange = None
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> asyncio.Future[Any]:
+        """Publish one event (its contract ``headers`` name it); returns the future of
+        its publisher confirm. ``topic`` and ``key`` (Kafka's) are not used."""
+        assert self._exchange is not None, "start() first"
+        amqp = {k: v.decode(errors="replace") for k, v in headers or ()}
+        message = aio_pika.Message(
+            value,
+            content_type=amqp.get("content-type", CONTENT_TYPE_JSON),
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=amqp.get("event-id"),
+            correlation_id=amqp.get("correlation-id"),
+            type=amqp.get("event-name"),
+            headers=dict(amqp),
+        )
+        routing_key = amqp.get("event-name", "")
+        return asyncio.ensure_future(self._exchange.publish(message, routing_key=routing_key))
+
+
 async def run_rabbitmq_bridge(settings: Settings) -> None:
     """``eventide bridge rabbitmq``: bridge until SIGINT/SIGTERM, with metrics on
     EVENTIDE_BRIDGE_METRICS_PORT (0: not served)."""
