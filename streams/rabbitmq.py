@@ -38,10 +38,11 @@ from aio_pika.abc import (
     AbstractChannel,
     AbstractConnection,
     AbstractExchange,
-    AbstractIncomingMessage,
     AbstractQueue,
 )
 from aiokafka import AIOKafkaProducer
+from aiormq.abc import AbstractChannel as RawChannel
+from aiormq.abc import DeliveredMessage
 
 from schemas.content_type import CONTENT_TYPE_AVRO
 from schemas.envelope import CONTENT_TYPE_JSON
@@ -135,15 +136,18 @@ class RabbitBridge:
         self.router = router or EventRouter(settings)
         self.dlq = settings.topic(RABBITMQ_BRIDGE_DLQ.name)
         """The Kafka topic of rejected messages (with EVENTIDE_TOPIC_PREFIX)."""
-        self.inbox: asyncio.Queue[tuple[AbstractIncomingMessage, float] | None] = asyncio.Queue()
+        self.inbox: asyncio.Queue[tuple[DeliveredMessage, float] | None] = asyncio.Queue()
+        self._raw: RawChannel | None = None
+        """The consuming channel's aiormq channel: deliveries without aio-pika's
+        message objects (a third less CPU per message), acks and rejects."""
         self.lost: BaseException | None = None
         self.bridged = 0
         self.rejected = 0
 
-    def route(self, message: AbstractIncomingMessage) -> tuple[str, bytes, int, list[Any]]:
+    def route(self, message: DeliveredMessage) -> tuple[str, bytes, int, list[Any]]:
         """(topic, key, partition, Kafka headers) of a message's event;
         :class:`EventError` when it is not a valid event for its routing key."""
-        content_type = message.content_type or None
+        content_type = message.header.properties.content_type or None
         headers = [("content-type", content_type.encode())] if content_type else None
         event = self.router.decode(message.body, headers)
         if message.routing_key != event.name:
@@ -177,7 +181,8 @@ class RabbitBridge:
             )
             await producer.start()
             try:
-                await queue.consume(self._received)
+                self._raw = await channel.get_underlay_channel()
+                await self._raw.basic_consume(queue.name, self._received, no_ack=False)
                 logger.info(
                     "bridging RabbitMQ queue %s (exchange %s, bindings %s) → Kafka",
                     settings.rabbitmq_queue,
@@ -191,7 +196,7 @@ class RabbitBridge:
             await connection.close()
             logger.info("stopped: bridged %d messages, rejected %d", self.bridged, self.rejected)
 
-    async def _received(self, message: AbstractIncomingMessage) -> None:
+    async def _received(self, message: DeliveredMessage) -> None:
         self.inbox.put_nowait((message, time.monotonic()))
 
     def _closed(self, _sender: Any, exc: BaseException | None = None) -> None:
@@ -217,7 +222,7 @@ class RabbitBridge:
                 reported = time.monotonic()
                 logger.info("bridged %d messages, rejected %d", self.bridged, self.rejected)
 
-    async def _next_batch(self) -> list[tuple[AbstractIncomingMessage, float]] | None:
+    async def _next_batch(self) -> list[tuple[DeliveredMessage, float]] | None:
         """Up to the prefetch of delivered messages; [] after 0.5 s without any,
         None once the connection is gone."""
         try:
@@ -238,12 +243,12 @@ class RabbitBridge:
         return batch
 
     async def _forward(
-        self, producer: AIOKafkaProducer, batch: list[tuple[AbstractIncomingMessage, float]]
+        self, producer: AIOKafkaProducer, batch: list[tuple[DeliveredMessage, float]]
     ) -> None:
         """Produce every message of ``batch``; once Kafka acknowledged all, reject the
         invalid ones and ack the rest with one ``multiple`` ack."""
         sends = []
-        rejected: list[tuple[AbstractIncomingMessage, EventError]] = []
+        rejected: list[tuple[DeliveredMessage, EventError]] = []
         last_valid = None
         for message, _ in batch:
             try:
@@ -255,11 +260,13 @@ class RabbitBridge:
             sends.append(await producer.send(topic, message.body, key, partition, headers=headers))
             last_valid = message
         await asyncio.gather(*sends)
+        raw = self._raw
+        assert raw is not None
         for message, error in rejected:
-            await message.reject(requeue=False)
+            await raw.basic_reject(message.delivery_tag or 0, requeue=False)
             self.metrics.rejected.labels(type(error).__name__).inc()
         if last_valid is not None:
-            await last_valid.ack(multiple=True)
+            await raw.basic_ack(last_valid.delivery_tag or 0, multiple=True)
         now = time.monotonic()
         observe = self.metrics.ack_seconds.observe
         for _, received in batch:
@@ -270,23 +277,24 @@ class RabbitBridge:
         self.rejected += len(rejected)
 
     async def _dead_letter(
-        self, producer: AIOKafkaProducer, message: AbstractIncomingMessage, exc: EventError
+        self, producer: AIOKafkaProducer, message: DeliveredMessage, exc: EventError
     ) -> Any:
         """Send ``message`` to the Kafka DLQ with the reason; returns the send's future."""
+        properties = message.header.properties
         logger.warning(
             "rejected message %s (routing key %s): %s: %s (sent to %s and %s)",
-            message.message_id,
+            properties.message_id,
             message.routing_key,
             type(exc).__name__,
             exc,
             self.dlq,
             self.settings.rabbitmq_dead_letter_exchange,
         )
-        amqp = [(str(k), _text(v)) for k, v in (message.headers or {}).items()]
+        amqp = [(str(k), _text(v)) for k, v in (properties.headers or {}).items()]
         amqp += [
             ("rabbitmq-routing-key", _text(message.routing_key or "")),
             ("rabbitmq-exchange", _text(message.exchange or "")),
-            ("rabbitmq-message-id", _text(message.message_id or "")),
+            ("rabbitmq-message-id", _text(properties.message_id or "")),
         ]
         record = AmqpRecord(
             f"rabbitmq:{self.settings.rabbitmq_queue}", -1, message.delivery_tag or 0, amqp
