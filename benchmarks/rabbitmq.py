@@ -135,22 +135,27 @@ class Clock:
 
     def __init__(self, total: int) -> None:
         self.total = total
-        self.first: tuple[float, int] | None = None
-        self.last = 0.0
+        self.first: tuple[float, float, int] | None = None
+        self.last = (0.0, 0.0)
 
     def acked(self, done: int) -> None:
-        now = time.perf_counter()
+        now = (time.perf_counter(), time.process_time())
         if self.first is None:
-            self.first = (now, done)
+            self.first = (*now, done)
         self.last = now
 
-    def rate(self) -> float:
+    def figures(self) -> dict[str, float]:
+        """messages/s, and this process's CPU µs per message, over the timed window."""
         assert self.first is not None
-        start, first_batch = self.first
-        return (self.total - first_batch) / max(self.last - start, 1e-9)
+        start, cpu, first_batch = self.first
+        counted = max(self.total - first_batch, 1)
+        return {
+            "per_s": counted / max(self.last[0] - start, 1e-9),
+            "cpu_us": (self.last[1] - cpu) / counted * 1e6,
+        }
 
 
-async def drain_baseline(settings: Settings, queue_name: str, total: int) -> float:
+async def drain_baseline(settings: Settings, queue_name: str, total: int) -> dict[str, float]:
     """A bare consumer on the same aiormq channel the bridge consumes with: batches of
     up to the prefetch, each acked with one multiple ack."""
     connection = await aio_pika.connect(settings.rabbitmq_url.reveal())
@@ -173,10 +178,10 @@ async def drain_baseline(settings: Settings, queue_name: str, total: int) -> flo
             await raw.basic_ack(batch[-1].delivery_tag or 0, multiple=True)
             done += len(batch)
             clock.acked(done)
-    return clock.rate()
+    return clock.figures()
 
 
-async def drain_bridge(settings: Settings, total: int) -> float:
+async def drain_bridge(settings: Settings, total: int) -> dict[str, float]:
     """Eventide's bridge until every message is acked."""
     bridge = RabbitBridge(settings, BridgeMetrics(CollectorRegistry()))
     stop = asyncio.Event()
@@ -194,7 +199,7 @@ async def drain_bridge(settings: Settings, total: int) -> float:
     clock.acked(bridge.bridged)
     stop.set()
     await task
-    return clock.rate()
+    return clock.figures()
 
 
 async def kafka_records(settings: Settings) -> int:
@@ -226,16 +231,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     bodies = messages(args.messages, args.seed)
     print(f"publishing {len(bodies):,} messages to both queues ...", file=sys.stderr)
     publish_rate = await publish(settings, bodies)
-    print("draining with a bare aio-pika consumer ...", file=sys.stderr)
+    print("draining with a bare consumer ...", file=sys.stderr)
     baseline = await drain_baseline(settings, baseline_queue, len(bodies))
-    print(f"  {baseline:,.0f} messages/s; draining with Eventide's bridge ...", file=sys.stderr)
+    print(f"  {baseline['per_s']:,.0f} messages/s; draining with the bridge ...", file=sys.stderr)
     bridge = await drain_bridge(settings, len(bodies))
-    print(f"  {bridge:,.0f} messages/s", file=sys.stderr)
+    print(f"  {bridge['per_s']:,.0f} messages/s", file=sys.stderr)
     return {
         "messages": len(bodies),
         "publish_per_s": publish_rate,
-        "baseline_per_s": baseline,
-        "bridge_per_s": bridge,
+        "baseline_per_s": baseline["per_s"],
+        "baseline_cpu_us": baseline["cpu_us"],
+        "bridge_per_s": bridge["per_s"],
+        "bridge_cpu_us": bridge["cpu_us"],
         "quoted_single_queue_per_s": QUOTED_SINGLE_QUEUE,
         "kafka_records": await kafka_records(settings),
     }
@@ -244,26 +251,36 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def page(result: dict[str, Any], out: Path) -> str:
     r = result["results"]
     lines = report_.header("RabbitMQ in: bridge throughput", result)
+    quoted = r["quoted_single_queue_per_s"]
+    lines += [f"RabbitMQ: {result['machine']['rabbitmq']}.", ""]
+    load = float(result["machine"].get("load_average", ["0"])[0])
+    if load > (result["machine"].get("cores") or 1):
+        lines += [
+            f"**The machine was shared**: load average {load:.2f} (1 min) before the run on "
+            f"{result['machine'].get('cores')} cores. Compare the rows' ratios, not their "
+            "rates with other runs.",
+            "",
+        ]
     lines += [
-        f"RabbitMQ: {result['machine']['rabbitmq']}.",
-        "",
-        "| row | messages/s | / quoted single queue |",
-        "|---|---:|---:|",
-        f"| publisher (persistent, confirms, 1,000 in flight) | {r['publish_per_s']:,.0f} | "
-        f"{report_.ratio(r['publish_per_s'], r['quoted_single_queue_per_s'])} |",
+        "| row | messages/s | client CPU µs/message | / quoted single queue |",
+        "|---|---:|---:|---:|",
+        f"| publisher (persistent, confirms, 1,000 in flight) | {r['publish_per_s']:,.0f} | | "
+        f"{report_.ratio(r['publish_per_s'], quoted)} |",
         "| bare consumer (aio-pika's aiormq channel), acks only (baseline) | "
-        f"{r['baseline_per_s']:,.0f} | "
-        f"{report_.ratio(r['baseline_per_s'], r['quoted_single_queue_per_s'])} |",
+        f"{r['baseline_per_s']:,.0f} | {r['baseline_cpu_us']:,.0f} | "
+        f"{report_.ratio(r['baseline_per_s'], quoted)} |",
         f"| Eventide bridge: validate, produce (acks=all), ack | {r['bridge_per_s']:,.0f} | "
-        f"{report_.ratio(r['bridge_per_s'], r['quoted_single_queue_per_s'])} |",
-        f"| quoted for one RabbitMQ queue (not measured) | {r['quoted_single_queue_per_s']:,} | |",
+        f"{r['bridge_cpu_us']:,.0f} | {report_.ratio(r['bridge_per_s'], quoted)} |",
+        f"| quoted for one RabbitMQ queue (not measured) | {quoted:,} | | |",
         "",
         f"{r['messages']:,} JSON events (users, then order lifecycles), prefetch "
         f"{result['parameters']['prefetch']}, {result['parameters']['partitions']} partitions. "
         f"Bridge / baseline: {report_.ratio(r['bridge_per_s'], r['baseline_per_s'])}. "
         f"Records on Kafka after the bridge: {r['kafka_records']:,} "
         f"(expected {r['messages']:,}). Each drain is timed from its first acked batch to "
-        "its last (`benchmarks/rabbitmq.py`).",
+        "its last (`benchmarks/rabbitmq.py`); client CPU is this process's CPU time over "
+        "the same window per message: the AMQP client's frame parsing (Python) bounds both "
+        "rows, RabbitMQ, Kafka and the benchmark sharing the machine's cores.",
         "",
     ]
     if _plot(out / "throughput.png", r):
