@@ -41,6 +41,7 @@ from aio_pika.abc import (
     AbstractQueue,
 )
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from aiormq.abc import AbstractChannel as RawChannel
 from aiormq.abc import DeliveredMessage
 
@@ -217,7 +218,14 @@ class RabbitBridge:
                     "delivered again to the next bridge"
                 )
             if batch:
-                await self._forward(producer, batch)
+                try:
+                    await self._forward(producer, batch)
+                except KafkaError as exc:
+                    raise BrokerError(
+                        f"Kafka at {self.settings.broker_url} (EVENTIDE_BROKER_URL) did not "
+                        f"acknowledge a batch: {type(exc).__name__}: {exc}; its messages stay "
+                        "unacked on RabbitMQ, which delivers them again to the next bridge"
+                    ) from exc
             if time.monotonic() - reported >= 10:
                 reported = time.monotonic()
                 logger.info("bridged %d messages, rejected %d", self.bridged, self.rejected)
