@@ -12,6 +12,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -160,28 +161,30 @@ def test_events_published_on_rabbitmq_reach_the_read_models_through_the_bridge(
 ):
     settings = rabbit_settings(EVENTIDE_RABBITMQ_PREFETCH="50")
     asyncio.run(ensure_topics(settings))
-    work = make_workload(orders=200, customers=40, seed=73, duplicate_rate=0.05)
+    work = make_workload(orders=400, customers=60, seed=73, duplicate_rate=0.05)
     exp_orders, exp_customers = expected_state(work)
     worker = worker_factory(settings).start()
     bridge = start_bridge(settings)  # declares the exchange, the queues and the bindings
     messages = as_messages(work.users + work.orders)
-    half = len(messages) // 2
-    asyncio.run(publish(settings, messages[:half]))
-    time.sleep(0.5)
-    bridge.kill()  # mid-stream: what it produced but did not ack is delivered again
+    publisher = threading.Thread(target=lambda: asyncio.run(publish(settings, messages)))
+    publisher.start()
+    time.sleep(0.4)
+    # mid-stream: what it delivered, produced or not, but did not ack is delivered again
+    bridge.kill()
     bridge = start_bridge(settings)
+    publisher.join()
     bad = new_event(
         "order.placed",
         {"orderId": "o-bad", "customerId": "c-x", "items": [], "totalAmount": -1.0},
         source="rabbit-producer",
     )
-    user = next(e for e in work.users)
+    user = work.users[0]
     invalid = [
         ("order.placed", b"not an event", CONTENT_TYPE_JSON),
         ("order.placed", orjson.dumps(bad.to_dict()), CONTENT_TYPE_JSON),
         ("user.renamed", orjson.dumps(user.to_dict()), CONTENT_TYPE_JSON),
     ]
-    asyncio.run(publish(settings, messages[half:] + invalid))
+    asyncio.run(publish(settings, invalid))
 
     assert _until_equal(settings, exp_orders, "orders") == {}
     assert _until_equal(settings, exp_customers, "customers") == {}
@@ -199,8 +202,8 @@ def test_events_published_on_rabbitmq_reach_the_read_models_through_the_bridge(
     assert reasons[invalid[2][1]][0] == "RoutingKeyError"
     assert "user.renamed" in reasons[invalid[2][1]][1]
     assert _metric(settings, "eventide_rabbitmq_rejected_total{") == 3
-    assert _metric(settings, "eventide_rabbitmq_bridged_total ") >= len(messages) - half
-    assert _metric(settings, "eventide_rabbitmq_ack_seconds_count ") >= len(messages) - half
+    assert _metric(settings, "eventide_rabbitmq_bridged_total ") > 0
+    assert _metric(settings, "eventide_rabbitmq_ack_seconds_count ") > 0
     assert bridge.stop() == 0
     worker.stop()
     assert "bridged" in bridge.output()
