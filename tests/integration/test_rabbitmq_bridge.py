@@ -26,9 +26,10 @@ import pytest
 
 from benchmarks.crash import audit
 from benchmarks.workload import expected_state, make_workload
-from eventide.tools.dlq import read_dead_letters
+from eventide.tools.dlq import read_dead_letters, replay
 from schemas.codecs import CONTENT_TYPE_AVRO, CONTENT_TYPE_JSON, EventCodec
 from schemas.envelope import Envelope, new_event
+from streams.exceptions import BrokerError
 from streams.settings import Settings
 from streams.topics import ensure_topics
 from tests.fixtures.broker import free_port
@@ -191,7 +192,7 @@ def test_events_published_on_rabbitmq_reach_the_read_models_through_the_bridge(
     kept = asyncio.run(dead_lettered(settings, expected=3))
     assert sorted(m.routing_key for m in kept) == ["order.placed", "order.placed", "user.renamed"]
     assert sorted(m.body for m in kept) == sorted(body for _, body, _ in invalid)
-    letters = asyncio.run(read_dead_letters(settings, [settings.topic("rabbitmq-bridge.dlq")]))
+    letters = asyncio.run(read_dead_letters(settings))  # eventide dlq list: every DLQ topic
     reasons = {
         d.value: (d.header("dlq-error-class"), d.header("dlq-error-message")) for d in letters
     }
@@ -201,6 +202,9 @@ def test_events_published_on_rabbitmq_reach_the_read_models_through_the_bridge(
     assert reasons[invalid[1][1]][1].startswith("data.")
     assert reasons[invalid[2][1]][0] == "RoutingKeyError"
     assert "user.renamed" in reasons[invalid[2][1]][1]
+    assert {d.topic for d in letters} == {settings.topic("rabbitmq-bridge.dlq")}
+    with pytest.raises(BrokerError, match="came from RabbitMQ"):
+        asyncio.run(replay(settings, letters))  # no Kafka origin to send them back to
     assert _metric(settings, "eventide_rabbitmq_rejected_total{") == 3
     assert _metric(settings, "eventide_rabbitmq_bridged_total ") > 0
     assert _metric(settings, "eventide_rabbitmq_ack_seconds_count ") > 0
