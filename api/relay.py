@@ -1,5 +1,9 @@
 """The outbox relay: publishes committed events to Kafka, in order per entity.
 
+With ``EVENTIDE_RELAY_TARGET=rabbitmq`` it publishes them to a RabbitMQ topic
+exchange instead (:class:`~streams.rabbitmq.RabbitPublisher`: routing key =
+event name, persistent, a row marked published only after its publisher confirm).
+
 Loop: claim a batch of pending rows (only this relay gets rows of those
 entities until the claim closes), send them with an idempotent producer
 (``acks=all``, ``enable_idempotence``), mark the acknowledged ones published,
@@ -36,6 +40,7 @@ from aiokafka import AIOKafkaProducer
 from streams.catalogue import ORDER_EVENTS, USER_EVENTS
 from streams.exceptions import BrokerError, KafkaSecurityError
 from streams.kafka_clients import aiokafka_options, check_kafka
+from streams.rabbitmq import RabbitPublisher
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
@@ -79,7 +84,7 @@ class OutboxRelay:
         self._commits = 0
         """Commits announced by :meth:`wake`: a lane that saw one during its claim
         claims again at once instead of waiting."""
-        self._producer: AIOKafkaProducer | None = None
+        self._producer: AIOKafkaProducer | RabbitPublisher | None = None
         self._last_cleanup = 0.0
 
     def wake(self) -> None:
@@ -87,7 +92,9 @@ class OutboxRelay:
         self._commits += 1
         self._wakeup.set()
 
-    def _new_producer(self) -> AIOKafkaProducer:
+    def _new_producer(self) -> AIOKafkaProducer | RabbitPublisher:
+        if self.settings.relay_target == "rabbitmq":
+            return RabbitPublisher(self.settings)
         return AIOKafkaProducer(
             **aiokafka_options(self.settings),
             client_id=f"{self.settings.app_id}-relay",
@@ -111,6 +118,14 @@ class OutboxRelay:
         """The topics the relay writes (the API's commands become events there)."""
         return [self.settings.topic(spec.name) for spec in (USER_EVENTS, ORDER_EVENTS)]
 
+    @property
+    def target(self) -> str:
+        """Where the relay publishes (EVENTIDE_RELAY_TARGET), for logs."""
+        s = self.settings
+        if s.relay_target == "rabbitmq":
+            return f"RabbitMQ exchange {s.rabbitmq_exchange} at {s.rabbitmq_url}"
+        return f"Kafka at {s.broker_url}"
+
     async def _connect(self, stop: asyncio.Event) -> bool:
         """Create the topics and start a producer, retrying while Kafka is away.
 
@@ -121,11 +136,12 @@ class OutboxRelay:
         while not stop.is_set():
             producer = self._new_producer()
             try:
-                await check_kafka(self.settings, topics=self.topics, purpose="relay")
-                await ensure_topics(self.settings)
+                if self.settings.relay_target == "kafka":
+                    await check_kafka(self.settings, topics=self.topics, purpose="relay")
+                    await ensure_topics(self.settings)
                 await producer.start()
                 self._producer = producer
-                logger.info("relay %s connected to %s", self.relay_id, self.settings.broker_url)
+                logger.info("relay %s connected to %s", self.relay_id, self.target)
                 return True
             except KafkaSecurityError:
                 await producer.stop()
@@ -134,7 +150,9 @@ class OutboxRelay:
             except Exception as exc:
                 await producer.stop()
                 self.metrics.errors.labels("connect").inc()
-                logger.warning("relay cannot reach Kafka (%s); retrying in %.1fs", exc, delay)
+                logger.warning(
+                    "relay cannot reach %s (%s); retrying in %.1fs", self.target, exc, delay
+                )
                 await _sleep_or_stop(stop, delay)
                 delay = min(delay * 2, 5.0)
         return False

@@ -53,6 +53,9 @@ SCENARIOS: dict[str, str] = {
     "encryption beside plaintext, and what each factor costs (`python -m benchmarks.security`)",
     "sagas": "order sagas per second and saga duration p50/p99 with 0 % and 10 % injected "
     "failures, three demo participants (`python -m benchmarks.sagas`)",
+    "rabbitmq": "RabbitMQ in: `eventide bridge rabbitmq` messages/s from a queue to records "
+    "acknowledged by Kafka, beside a bare aio-pika consumer and the figure quoted for one "
+    "queue (`python -m benchmarks.rabbitmq`)",
 }
 """Scenario (folder name under docs/benchmarks/) → what it measures."""
 
@@ -343,6 +346,14 @@ def _sagas(r: dict[str, Any]) -> str:
     )
 
 
+def _rabbitmq(r: dict[str, Any]) -> str:
+    x = r["results"]
+    return (
+        f"bridge {x['bridge_per_s']:,.0f} messages/s, bare consumer {x['baseline_per_s']:,.0f}/s "
+        f"(quoted for one queue: {x['quoted_single_queue_per_s']:,}/s)"
+    )
+
+
 HEADLINES = {
     "throughput": _throughput,
     "scaling": _scaling,
@@ -355,6 +366,7 @@ HEADLINES = {
     "commands": _commands,
     "security": _security,
     "sagas": _sagas,
+    "rabbitmq": _rabbitmq,
 }
 """Scenario → its main figures in one line, for the index."""
 

@@ -24,6 +24,7 @@ from schemas.personal import new_kek_line
 from schemas.registry import DEFAULT_ROOT, REGISTRY_FILE, Registry
 from streams.httpaccess import token_hash
 from streams.keys import KafkaKeyStore
+from streams.rabbitmq import run_rabbitmq_bridge
 from streams.rekey import run_bridge
 from streams.settings import Settings
 from streams.tokens import ROLES, parse_token_entries
@@ -34,6 +35,7 @@ from .clicommon import fail_cleanly as _fail_cleanly
 from .clicommon import kafka_settings as _kafka_settings
 from .clicommon import settings as _settings
 from .contracts_cli import asyncapi_command, export_command
+from .rabbitmq_cli import rabbitmq
 from .saga_cli import participant, saga
 from .tools.demo import run_demo
 from .tools.dlq import read_dead_letters, replay
@@ -391,6 +393,25 @@ def bridge_kafka(source: str) -> None:
     asyncio.run(run_bridge(s, source))
 
 
+@bridge_group.command("rabbitmq")
+@_fail_cleanly
+def bridge_rabbitmq() -> None:
+    """Bring events published on a RabbitMQ topic exchange into Kafka.
+
+    Declares the exchange (EVENTIDE_RABBITMQ_EXCHANGE), the dead-letter exchange
+    and its queue, and a durable queue (EVENTIDE_RABBITMQ_QUEUE) bound with
+    EVENTIDE_RABBITMQ_BINDINGS; consumes it with manual acks. Each message is
+    validated and published to the topic of its event name, keyed by entity id;
+    a batch is acked on RabbitMQ only once Kafka acknowledged it (nothing lost;
+    the read models absorb a redelivery by event id). Invalid messages are
+    rejected to the dead-letter exchange and recorded in rabbitmq-bridge.dlq with
+    the reason. Several bridges may consume one queue.
+    """
+    s = _settings()
+    _logging(s)
+    asyncio.run(run_rabbitmq_bridge(s))
+
+
 @main.group("dlq")
 def dlq_group() -> None:
     """Dead-letter topics: list, show and replay their records."""
@@ -486,6 +507,7 @@ def dlq_replay(
 
 
 main.add_command(broker)
+main.add_command(rabbitmq)
 main.add_command(participant)
 main.add_command(saga)
 

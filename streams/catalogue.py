@@ -161,6 +161,16 @@ SAGA_COMMAND_TOPICS = {
 }
 """The command topic of each saga participant."""
 
+RABBITMQ_BRIDGE_DLQ = TopicSpec(
+    "rabbitmq-bridge.dlq",
+    "the message's routing key",
+    "RabbitMQ messages `eventide bridge rabbitmq` rejected (not a valid event, or no "
+    "topic carries it): the body untouched, the AMQP routing key, exchange and message id "
+    "in rabbitmq-* headers, the reason in dlq-* headers; the message itself went to the "
+    "queue's dead-letter exchange (EVENTIDE_RABBITMQ_DEAD_LETTER_EXCHANGE)",
+    consumed=False,
+)
+
 CATALOGUE: tuple[TopicSpec, ...] = (
     USER_EVENTS,
     ORDER_EVENTS,
@@ -171,6 +181,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     PAYMENT_COMMANDS,
     SHIPMENT_COMMANDS,
     SAGA_REPLIES,
+    RABBITMQ_BRIDGE_DLQ,
 )
 
 

@@ -59,6 +59,35 @@ BATCH_SIZE_BUCKETS = (1, 10, 50, 100, 500, 1000, 2500, 5000, 10_000, 25_000, 100
 SAGA_STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
+BRIDGE_ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+
+
+class BridgeMetrics:
+    """``eventide bridge rabbitmq``'s metrics (streams/rabbitmq.py), counted per batch."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.bridged = Counter(
+            "eventide_rabbitmq_bridged",
+            "RabbitMQ messages published to Kafka, acknowledged there, then acked on "
+            "RabbitMQ (a message redelivered after a crash counts again).",
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "eventide_rabbitmq_rejected",
+            "RabbitMQ messages rejected to the dead-letter exchange (and recorded in the "
+            "Kafka DLQ), by reason: the error class.",
+            ["reason"],
+            registry=registry,
+        )
+        self.ack_seconds = Histogram(
+            "eventide_rabbitmq_ack_seconds",
+            "From a message's delivery to the bridge to its ack on RabbitMQ (after Kafka "
+            "acknowledged its record).",
+            buckets=BRIDGE_ACK_BUCKETS,
+            registry=registry,
+        )
+
+
 class SagaMetrics:
     """The order saga's metrics (agents/saga.py), counted as its records are applied
     (a batch replayed after a crash counts again)."""

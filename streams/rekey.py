@@ -33,6 +33,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas.codecs import EventCodec
+from schemas.envelope import Envelope
 from schemas.exceptions import EventError, ValidationError
 
 from .catalogue import CATALOGUE, TopicSpec, key_of
@@ -49,27 +50,23 @@ class UnroutableEventError(EventError):
     """A valid event that no Eventide topic carries."""
 
 
-class RekeyBridge:
-    """Moves events from an ingest topic keyed by anything to the entity-keyed topics."""
+class EventRouter:
+    """Where an event from outside goes: the Eventide topic that carries its name,
+    keyed and partitioned by its entity id (shared by the Kafka and RabbitMQ bridges)."""
 
-    def __init__(self, settings: Settings, source: str, codec: EventCodec | None = None) -> None:
-        self.settings = settings
-        self.ingest = source
-        """The ingest topic's name without the prefix."""
-        self.source = settings.topic(source)
-        """The ingest topic (with EVENTIDE_TOPIC_PREFIX)."""
-        self.group = f"{settings.app_id}-rekey-{source}"
-        """The bridges' consumer group for this ingest topic."""
+    def __init__(self, settings: Settings, codec: EventCodec | None = None) -> None:
         self.codec = codec or EventCodec(limits=settings.limits)
+        """The registry-checked codec every event is validated with."""
         self.targets = [(s, settings.topic(s.name)) for s in CATALOGUE if s.events]
         self.partitioner = KeyPartitioner(settings.partitions)
-        self.bridged = 0
-        self.rejected = 0
 
-    def route(self, record: Any) -> tuple[str, bytes, int]:
-        """(topic, key, partition) of an ingest record's event; :class:`EventError`
-        when it is not a valid event or no Eventide topic carries it."""
-        event = self.codec.decode(record.value, record.headers)
+    def decode(self, value: bytes, headers: Any) -> Envelope:
+        """The validated event of a record value; :class:`EventError` when it is none."""
+        return self.codec.decode(value, headers)
+
+    def route(self, event: Envelope) -> tuple[str, bytes, int]:
+        """(topic, key, partition) of ``event``; :class:`EventError` when it has no
+        entity id or no Eventide topic carries it."""
         try:
             key = key_of(event).encode()
         except ValueError as exc:
@@ -81,6 +78,27 @@ class RekeyBridge:
         raise UnroutableEventError(
             f"name: no Eventide topic carries {event.name} events (topics carry {carried})"
         )
+
+
+class RekeyBridge:
+    """Moves events from an ingest topic keyed by anything to the entity-keyed topics."""
+
+    def __init__(self, settings: Settings, source: str, codec: EventCodec | None = None) -> None:
+        self.settings = settings
+        self.ingest = source
+        """The ingest topic's name without the prefix."""
+        self.source = settings.topic(source)
+        """The ingest topic (with EVENTIDE_TOPIC_PREFIX)."""
+        self.group = f"{settings.app_id}-rekey-{source}"
+        """The bridges' consumer group for this ingest topic."""
+        self.router = EventRouter(settings, codec)
+        self.bridged = 0
+        self.rejected = 0
+
+    def route(self, record: Any) -> tuple[str, bytes, int]:
+        """(topic, key, partition) of an ingest record's event; :class:`EventError`
+        when it is not a valid event or no Eventide topic carries it."""
+        return self.router.route(self.router.decode(record.value, record.headers))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Bridge until ``stop`` is set; create the ingest topic and its DLQ if missing."""

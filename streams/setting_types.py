@@ -181,6 +181,32 @@ def _secret(var: str, value: str) -> Secret:
     return Secret(value.strip())
 
 
+def _amqp_url(var: str, value: str) -> SecretUrl:
+    url = value.strip()
+    parts = urlsplit(url)
+    if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
+        raise SettingsError(
+            f"{var}={str(SecretUrl(url))!r}: expected amqp://user:password@host:port/vhost "
+            "such as amqp://guest:guest@127.0.0.1:5672/"
+        )
+    try:
+        parts.port  # noqa: B018  (raises on a port that is not a number)
+    except ValueError:
+        raise SettingsError(f"{var}={str(SecretUrl(url))!r}: the port is not a number") from None
+    return SecretUrl(url)
+
+
+def _binding_keys(var: str, value: str) -> str:
+    """Comma-separated AMQP topic binding patterns (``user.*,order.#``)."""
+    keys = [k.strip() for k in value.split(",") if k.strip()]
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-*#")
+    if not keys or any(set(k) - allowed for k in keys):
+        raise SettingsError(
+            f"{var}={value!r}: expected comma-separated binding patterns such as user.*,order.*"
+        )
+    return ",".join(dict.fromkeys(keys))
+
+
 ALL_PROJECTIONS = "all"
 """EVENTIDE_PROJECTIONS value naming every declared projection (agents/)."""
 

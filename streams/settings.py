@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from schemas.limits import Limits
 
@@ -30,6 +31,8 @@ from .setting_types import (
     PARSE,
     PREFIX,
     SecretUrl,
+    _amqp_url,
+    _binding_keys,
     _bool,
     _choice,
     _database_url,
@@ -210,6 +213,50 @@ class Settings:
     """EVENTIDE_OUTBOX_RETENTION: seconds published outbox rows and idempotency keys
     are kept before the relay deletes them."""
 
+    relay_target: str = setting("kafka", _choice("kafka", "rabbitmq"))
+    """EVENTIDE_RELAY_TARGET: where the outbox relay publishes: ``kafka`` (the
+    entity-keyed topics) or ``rabbitmq`` (the topic exchange EVENTIDE_RABBITMQ_EXCHANGE
+    at EVENTIDE_RABBITMQ_URL, routing key = event name, publisher confirms)."""
+
+    rabbitmq_url: SecretUrl = setting(
+        parse=_amqp_url, factory=lambda: SecretUrl("amqp://guest:guest@127.0.0.1:5672/")
+    )
+    """EVENTIDE_RABBITMQ_URL: the RabbitMQ of ``eventide bridge rabbitmq`` and of the
+    relay's ``rabbitmq`` target, ``amqp://user:password@host:port/vhost``; the dev
+    node (``eventide rabbitmq start``) listens on its port. Its password is never printed."""
+
+    rabbitmq_exchange: str = setting("events", _str)
+    """EVENTIDE_RABBITMQ_EXCHANGE: the durable topic exchange events are published to
+    (routing key = event name)."""
+
+    rabbitmq_queue: str = setting("eventide-bridge", _str)
+    """EVENTIDE_RABBITMQ_QUEUE: the durable queue the bridge consumes; several bridges
+    on one queue share its messages."""
+
+    rabbitmq_bindings: str = setting("user.*,order.*", _binding_keys)
+    """EVENTIDE_RABBITMQ_BINDINGS: binding patterns of the bridge's queue on the
+    exchange, comma-separated."""
+
+    rabbitmq_dead_letter_exchange: str = setting("events.dlx", _str)
+    """EVENTIDE_RABBITMQ_DEAD_LETTER_EXCHANGE: the fanout exchange rejected messages go
+    to (the queue's x-dead-letter-exchange)."""
+
+    rabbitmq_dead_letter_queue: str = setting("events.dlq", _str)
+    """EVENTIDE_RABBITMQ_DEAD_LETTER_QUEUE: the durable queue bound to the dead-letter
+    exchange, where rejected messages are kept."""
+
+    rabbitmq_prefetch: int = setting(500, _int(1, 65_535))
+    """EVENTIDE_RABBITMQ_PREFETCH: unacknowledged messages a bridge holds at once; also
+    its batch: the bridge acks a batch once Kafka acknowledged all of it."""
+
+    bridge_metrics_port: int = setting(6082, _int(0, 65535))
+    """EVENTIDE_BRIDGE_METRICS_PORT: port (on EVENTIDE_API_HOST) where ``eventide bridge
+    rabbitmq`` serves Prometheus metrics (0: none)."""
+
+    rabbitmq_start_timeout: float = setting(60.0, _float(1, 600))
+    """EVENTIDE_RABBITMQ_START_TIMEOUT: seconds ``eventide rabbitmq start`` waits for
+    the dev node to accept AMQP connections."""
+
     metrics_interval: float = setting(2.0, _float(0.1, 60))
     """EVENTIDE_METRICS_INTERVAL: seconds between refreshes of the consumer lag metric."""
 
@@ -383,6 +430,17 @@ class Settings:
     def broker_port(self) -> int:
         """Port of the first bootstrap server: the dev broker listens there."""
         return int(self.bootstrap_servers[0].rsplit(":", 1)[1])
+
+    @property
+    def rabbitmq_port(self) -> int:
+        """Port of :attr:`rabbitmq_url` (5672, 5671 for amqps, when it names none)."""
+        parts = urlsplit(self.rabbitmq_url.value)
+        return parts.port or (5671 if parts.scheme == "amqps" else 5672)
+
+    @property
+    def rabbitmq_binding_keys(self) -> tuple[str, ...]:
+        """:attr:`rabbitmq_bindings` as a tuple of patterns."""
+        return tuple(self.rabbitmq_bindings.split(","))
 
     @property
     def projection_names(self) -> tuple[str, ...] | None:

@@ -4,6 +4,7 @@ pytest_plugins = [
     "tests.fixtures.broker",
     "tests.fixtures.cluster",
     "tests.fixtures.postgres",
+    "tests.fixtures.rabbitmq",
     "tests.fixtures.secure_broker",
     "tests.fixtures.worker",
 ]

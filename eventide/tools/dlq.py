@@ -15,7 +15,8 @@ from datetime import UTC, datetime
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas.codecs import EventCodec
-from streams.catalogue import CATALOGUE
+from streams.catalogue import CATALOGUE, RABBITMQ_BRIDGE_DLQ
+from streams.exceptions import BrokerError
 from streams.failures import DLQ_HEADERS, DLQ_SUFFIX
 from streams.kafka_clients import aiokafka_options, check_kafka
 from streams.settings import Settings
@@ -84,8 +85,10 @@ class DeadLetter:
 
 
 def dlq_topics(settings: Settings) -> list[str]:
-    """The dead-letter topics of the catalogue's consumed topics."""
-    return [settings.topic(s.name) + DLQ_SUFFIX for s in CATALOGUE if s.consumed]
+    """The dead-letter topics of the catalogue's consumed topics, and the RabbitMQ
+    bridge's (``rabbitmq-bridge.dlq``)."""
+    topics = [settings.topic(s.name) + DLQ_SUFFIX for s in CATALOGUE if s.consumed]
+    return [*topics, settings.topic(RABBITMQ_BRIDGE_DLQ.name)]
 
 
 async def read_dead_letters(
@@ -139,7 +142,17 @@ async def replay(
     letters: list[DeadLetter],
     progress: Callable[[int], None] | None = None,
 ) -> int:
-    """Send each record back to its origin topic; returns how many were sent."""
+    """Send each record back to its origin topic; returns how many were sent.
+
+    Records that came from RabbitMQ (``eventide bridge rabbitmq``) have no Kafka
+    origin: they are refused (:class:`~streams.exceptions.BrokerError`), to be
+    fixed and published on RabbitMQ again."""
+    amqp = sorted({d.origin_topic for d in letters if d.origin_topic.startswith("rabbitmq:")})
+    if amqp:
+        raise BrokerError(
+            f"cannot replay records that came from RabbitMQ ({', '.join(amqp)}): they "
+            "have no Kafka origin topic; fix them and publish them on the exchange again"
+        )
     await check_kafka(
         settings, topics=sorted({d.origin_topic for d in letters}), purpose="eventide-dlq"
     )
