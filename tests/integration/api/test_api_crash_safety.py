@@ -36,7 +36,10 @@ def test_api_killed_before_publishing_and_relay_killed_mid_batch_lose_nothing(
     api_settings, processes
 ):
     # The API commits but never publishes (no relay inside), then dies by SIGKILL.
-    settings = api_settings(EVENTIDE_API_RELAY="false", EVENTIDE_RELAY_BATCH_SIZE="100")
+    # Small relay batches: the relay must still be publishing when the test sees
+    # its first rows out (with 100-row batches on PostgreSQL's parallel lanes it
+    # once published all 1,200 between two polls).
+    settings = api_settings(EVENTIDE_API_RELAY="false", EVENTIDE_RELAY_BATCH_SIZE="5")
     api = processes("api", settings).start()
     accepted = asyncio.run(drive_orders(api.url, orders=400, prefix="crash"))
     api.kill()
@@ -45,10 +48,7 @@ def test_api_killed_before_publishing_and_relay_killed_mid_batch_lose_nothing(
 
     # A relay is killed while it publishes: some rows are out, the rest are not.
     first = processes("relay", settings).start()
-    deadline = time.monotonic() + 90
-    while (published := asyncio.run(outbox_counts(settings))["published"]) == 0:
-        assert time.monotonic() < deadline, first.tail()
-        time.sleep(0.01)
+    published = asyncio.run(_first_published(settings, lambda: first.tail()))
     first.kill()
     assert published < total, "the relay finished before it could be killed"
 
@@ -63,6 +63,20 @@ def test_api_killed_before_publishing_and_relay_killed_mid_batch_lose_nothing(
     duplicates = assert_exactly_published(events, accepted)
     # Whatever was sent twice is the same event (same id), so consumers can drop it.
     assert len(events) == total + duplicates
+
+
+async def _first_published(settings, tail, timeout: float = 90.0) -> int:
+    """Poll the outbox on one connection until some row is published; the count."""
+    store = store_for(settings)
+    await store.open()
+    try:
+        deadline = time.monotonic() + timeout
+        while (published := (await store.outbox_counts())["published"]) == 0:
+            assert time.monotonic() < deadline, tail()
+            await asyncio.sleep(0.005)
+        return published
+    finally:
+        await store.close()
 
 
 def test_a_rolled_back_transaction_publishes_nothing(api_settings):
