@@ -139,8 +139,17 @@ class Suite:
                 "EVENTIDE_PROJECTIONS": projections,
                 **http_settings(),
                 **self.cluster_env,
-                # the engine's client as the caller chose it (aiokafka unless set)
-                **{k: v for k, v in os.environ.items() if k == "EVENTIDE_KAFKA_CLIENT"},
+                # the engine's client and pipeline as the caller set them (else the defaults)
+                **{
+                    k: v
+                    for k, v in os.environ.items()
+                    if k
+                    in (
+                        "EVENTIDE_KAFKA_CLIENT",
+                        "EVENTIDE_PIPELINE_DEPTH",
+                        "EVENTIDE_BATCH_MAX_WAIT_MS",
+                    )
+                },
                 **extra,
             }
         )
