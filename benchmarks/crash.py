@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import shutil
 import subprocess
@@ -149,6 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--broker", default="kafka://127.0.0.1:39092")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument(
+        "--kafka-client",
+        choices=["confluent", "aiokafka"],
+        default=os.environ.get("EVENTIDE_KAFKA_CLIENT", "aiokafka"),
+        help="EVENTIDE_KAFKA_CLIENT of the worker (default: from the environment, else aiokafka)",
+    )
+    ap.add_argument(
         "--reference",
         action="store_true",
         help="write the report to docs/benchmarks/crash/ (kept in git)",
@@ -175,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             "EVENTIDE_STATE_DIR": str(workdir / "state"),
             "EVENTIDE_WEB_PORT": str(free_port()),
             "EVENTIDE_SESSION_TIMEOUT_MS": "6000",
+            "EVENTIDE_KAFKA_CLIENT": args.kafka_client,
             **http_settings(),
         }
     )
@@ -259,7 +267,8 @@ def crash_report(result: dict[str, Any]) -> str:
     """The crash scenario's page: every read model audited after the kills."""
     lines = report.header("Crash: kill -9 of the worker during processing", result)
     lines += [
-        f"{result['events']:,} events published in chunks while one worker processed them; "
+        f"{result['events']:,} events published in chunks while one worker (engine client "
+        f"{result['args'].get('kafka_client', 'aiokafka')}) processed them; "
         f"the worker was killed with SIGKILL {result['kills']} times at random moments and "
         f"restarted each time; drained after {result['seconds']:.1f} s. Then every read model "
         "was fetched over HTTP and compared with the state computed offline from the "
