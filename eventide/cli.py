@@ -405,7 +405,8 @@ def bridge_rabbitmq() -> None:
     a batch is acked on RabbitMQ only once Kafka acknowledged it (nothing lost;
     the read models absorb a redelivery by event id). Invalid messages are
     rejected to the dead-letter exchange and recorded in rabbitmq-bridge.dlq with
-    the reason. Several bridges may consume one queue.
+    the reason. Several bridges may consume one queue. A RabbitMQ connection lost
+    after start-up is retried (1 s, doubling up to 30 s between attempts).
     """
     s = _settings()
     _logging(s)

@@ -16,7 +16,9 @@ acks=all producer; once Kafka acknowledged every record of it, the bridge acks
 the batch on RabbitMQ with one ``multiple`` ack. A bridge that dies at any
 moment leaves its unacked messages to RabbitMQ, which delivers them again (to
 another bridge on the queue, or after a restart); the events published twice
-are absorbed downstream by event-id deduplication. Order: per queue only, and
+are absorbed downstream by event-id deduplication. A RabbitMQ connection lost
+after start-up is retried with back-off (:func:`bridge_until_stopped`); the
+messages it had not acked come again on the new connection. Order: per queue only, and
 with several bridges on one queue (competing consumers) not even that.
 
 Invalid input (not an envelope, an unknown event, a schema violation, a
@@ -29,6 +31,7 @@ dead-letter exchange, whose queue keeps it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any, NamedTuple
@@ -81,12 +84,23 @@ class AmqpRecord(NamedTuple):
     """The message's AMQP headers, and its routing key, exchange and message id."""
 
 
+RECONNECT_FIRST_S = 1.0
+"""The bridge's first wait before reconnecting to a RabbitMQ it lost; doubled each
+failed attempt, up to :data:`RECONNECT_MAX_S`."""
+RECONNECT_MAX_S = 30.0
+
+
+class RabbitMQUnavailable(BrokerError):
+    """RabbitMQ refused the connection, or closed or lost it."""
+
+
 async def connect(settings: Settings) -> AbstractConnection:
-    """A connection to EVENTIDE_RABBITMQ_URL; :class:`BrokerError` naming it when refused."""
+    """A connection to EVENTIDE_RABBITMQ_URL; :class:`RabbitMQUnavailable` naming it
+    when refused."""
     try:
         return await aio_pika.connect(settings.rabbitmq_url.reveal(), timeout=10)
     except Exception as exc:
-        raise BrokerError(
+        raise RabbitMQUnavailable(
             f"cannot reach RabbitMQ at {settings.rabbitmq_url} (EVENTIDE_RABBITMQ_URL): "
             f"{type(exc).__name__}: {exc or 'no answer'}; is it running? "
             "`eventide rabbitmq start` starts the dev node"
@@ -142,6 +156,7 @@ class RabbitBridge:
         """The consuming channel's aiormq channel: deliveries without aio-pika's
         message objects (a third less CPU per message), acks and rejects."""
         self.lost: BaseException | None = None
+        self.consuming = False
         self.bridged = 0
         self.rejected = 0
 
@@ -162,8 +177,10 @@ class RabbitBridge:
         return topic, key, partition, self.router.codec.headers(event, content_type)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Bridge until ``stop`` is set; raise :class:`BrokerError` when RabbitMQ or
-        Kafka cannot be reached, or the RabbitMQ connection is lost."""
+        """Bridge until ``stop`` is set; raise :class:`RabbitMQUnavailable` when
+        RabbitMQ cannot be reached or the connection is lost, :class:`BrokerError`
+        when Kafka cannot be reached. ``consuming`` tells whether it got as far as
+        consuming the queue."""
         settings = self.settings
         connection = await connect(settings)
         try:
@@ -184,6 +201,7 @@ class RabbitBridge:
             try:
                 self._raw = await channel.get_underlay_channel()
                 await self._raw.basic_consume(queue.name, self._received, no_ack=False)
+                self.consuming = True
                 logger.info(
                     "bridging RabbitMQ queue %s (exchange %s, bindings %s) → Kafka",
                     settings.rabbitmq_queue,
@@ -212,7 +230,7 @@ class RabbitBridge:
             if batch is None:
                 if stop.is_set():
                     return
-                raise BrokerError(
+                raise RabbitMQUnavailable(
                     f"lost the connection to RabbitMQ at {self.settings.rabbitmq_url} "
                     f"(EVENTIDE_RABBITMQ_URL): {self.lost}; its unacked messages are "
                     "delivered again to the next bridge"
@@ -270,11 +288,19 @@ class RabbitBridge:
         await asyncio.gather(*sends)
         raw = self._raw
         assert raw is not None
-        for message, error in rejected:
-            await raw.basic_reject(message.delivery_tag or 0, requeue=False)
-            self.metrics.rejected.labels(type(error).__name__).inc()
-        if last_valid is not None:
-            await raw.basic_ack(last_valid.delivery_tag or 0, multiple=True)
+        try:
+            for message, error in rejected:
+                await raw.basic_reject(message.delivery_tag or 0, requeue=False)
+                self.metrics.rejected.labels(type(error).__name__).inc()
+            if last_valid is not None:
+                await raw.basic_ack(last_valid.delivery_tag or 0, multiple=True)
+        except Exception as exc:  # the channel or connection closed under the batch
+            raise RabbitMQUnavailable(
+                f"lost the connection to RabbitMQ at {self.settings.rabbitmq_url} "
+                f"(EVENTIDE_RABBITMQ_URL) before acking a batch of {len(batch)} messages "
+                f"already in Kafka: {type(exc).__name__}: {exc}; RabbitMQ delivers them "
+                "again, and the read models absorb the repeats by event id"
+            ) from exc
         now = time.monotonic()
         observe = self.metrics.ack_seconds.observe
         for _, received in batch:
@@ -387,4 +413,32 @@ async def run_rabbitmq_bridge(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await RabbitBridge(settings, BridgeMetrics(registry)).run(stop)
+    await bridge_until_stopped(settings, BridgeMetrics(registry), stop)
+
+
+async def bridge_until_stopped(
+    settings: Settings, metrics: BridgeMetrics, stop: asyncio.Event
+) -> None:
+    """Run a :class:`RabbitBridge` until ``stop``; reconnect when RabbitMQ is lost.
+
+    A RabbitMQ that cannot be reached at start-up, and Kafka at any time, end
+    it with the error (a misconfiguration shows at once). Once it consumed the
+    queue, a lost connection is retried, first after :data:`RECONNECT_FIRST_S`,
+    then twice as long each failed attempt up to :data:`RECONNECT_MAX_S`, for as
+    long as it runs: what it had not acked is delivered again by RabbitMQ.
+    """
+    delay, started = RECONNECT_FIRST_S, False
+    while not stop.is_set():
+        bridge = RabbitBridge(settings, metrics)
+        try:
+            await bridge.run(stop)
+            return
+        except RabbitMQUnavailable as exc:
+            if not (started or bridge.consuming):
+                raise
+            if bridge.consuming:
+                started, delay = True, RECONNECT_FIRST_S
+            logger.warning("%s; reconnecting in %.0f s", exc, delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        delay = min(delay * 2, RECONNECT_MAX_S)

@@ -97,6 +97,8 @@ class TcpProxy:
         self._set_mode("drop")
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+        if not self._thread.is_alive():
+            self._loop.close()
 
 
 def partition(case: Case, mode: str) -> Outcome:

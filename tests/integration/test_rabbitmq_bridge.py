@@ -23,13 +23,17 @@ from pathlib import Path
 import aio_pika
 import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer
 
 from benchmarks.crash import audit
+from benchmarks.faults.network import TcpProxy
 from benchmarks.workload import expected_state, make_workload
 from eventide.tools.dlq import read_dead_letters, replay
 from schemas.codecs import CONTENT_TYPE_AVRO, CONTENT_TYPE_JSON, EventCodec
 from schemas.envelope import Envelope, new_event
 from streams.exceptions import BrokerError
+from streams.kafka_clients import aiokafka_options
+from streams.setting_types import SecretUrl
 from streams.settings import Settings
 from streams.topics import ensure_topics
 from tests.fixtures.broker import free_port
@@ -242,3 +246,62 @@ def test_an_unreachable_rabbitmq_fails_at_start_up_naming_the_setting(make_setti
     assert proc.returncode == 2, proc.stderr
     assert "EVENTIDE_RABBITMQ_URL" in proc.stderr
     assert "cannot reach RabbitMQ" in proc.stderr
+
+
+async def event_ids_in_kafka(
+    settings: Settings, topic: str, wanted: set[str], timeout: float
+) -> set[str]:
+    """The ids of the events in ``topic``, read from the start until every one of
+    ``wanted`` is there or ``timeout`` passed."""
+    codec = EventCodec()
+    consumer = AIOKafkaConsumer(
+        settings.topic(topic), **aiokafka_options(settings), auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    seen: set[str] = set()
+    try:
+        deadline = time.monotonic() + timeout
+        while not wanted <= seen and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                seen.update(codec.decode(r.value, r.headers).id for r in records)
+    finally:
+        await consumer.stop()
+    return seen
+
+
+def test_the_bridge_reconnects_when_its_rabbitmq_connection_drops(rabbit_settings, start_bridge):
+    direct = rabbit_settings(EVENTIDE_RABBITMQ_PREFETCH="20")
+    proxy = TcpProxy(free_port(), direct.rabbitmq_port).start()
+    try:
+        url = direct.rabbitmq_url.reveal().replace(f":{direct.rabbitmq_port}", f":{proxy.listen}")
+        through_proxy = replace(direct, rabbitmq_url=SecretUrl(url))
+        assert through_proxy.rabbitmq_port == proxy.listen
+        asyncio.run(ensure_topics(direct))
+        bridge = start_bridge(through_proxy)
+        users = make_workload(orders=1, customers=200, seed=29).users
+        before, after = users[:100], users[100:]
+        asyncio.run(publish(direct, as_messages(before)))
+        ids = {e.id for e in before}
+        assert ids <= asyncio.run(event_ids_in_kafka(direct, "user-events", ids, 30))
+
+        proxy.set_mode("drop")  # the network drops: connection gone, new ones refused
+        deadline = time.monotonic() + 30
+        while "reconnecting in" not in bridge.output():
+            assert bridge.proc.poll() is None, bridge.tail()
+            assert time.monotonic() < deadline, bridge.tail()
+            time.sleep(0.2)
+        asyncio.run(publish(direct, as_messages(after)))  # queued while it is away
+        time.sleep(2)  # at least one reconnection attempt fails
+        proxy.set_mode("pass")
+
+        ids = {e.id for e in users}
+        assert ids <= asyncio.run(event_ids_in_kafka(direct, "user-events", ids, 60))
+        assert bridge.proc.poll() is None, bridge.tail()  # still bridging
+        log = bridge.output()
+        assert "lost the connection to RabbitMQ" in log
+        assert "EVENTIDE_RABBITMQ_URL" in log
+        assert log.count("bridging RabbitMQ queue") >= 2  # consuming again
+        assert bridge.stop() == 0
+    finally:
+        proxy.close()
