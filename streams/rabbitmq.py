@@ -47,6 +47,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiormq.abc import AbstractChannel as RawChannel
 from aiormq.abc import DeliveredMessage
+from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 
 from schemas.content_type import CONTENT_TYPE_AVRO
 from schemas.envelope import CONTENT_TYPE_JSON
@@ -294,7 +295,7 @@ class RabbitBridge:
                 self.metrics.rejected.labels(type(error).__name__).inc()
             if last_valid is not None:
                 await raw.basic_ack(last_valid.delivery_tag or 0, multiple=True)
-        except Exception as exc:  # the channel or connection closed under the batch
+        except (AMQPError, ChannelInvalidStateError) as exc:  # closed under the batch
             raise RabbitMQUnavailable(
                 f"lost the connection to RabbitMQ at {self.settings.rabbitmq_url} "
                 f"(EVENTIDE_RABBITMQ_URL) before acking a batch of {len(batch)} messages "
@@ -427,17 +428,18 @@ async def bridge_until_stopped(
     then twice as long each failed attempt up to :data:`RECONNECT_MAX_S`, for as
     long as it runs: what it had not acked is delivered again by RabbitMQ.
     """
-    delay, started = RECONNECT_FIRST_S, False
+    delay, started, router = RECONNECT_FIRST_S, False, None
     while not stop.is_set():
-        bridge = RabbitBridge(settings, metrics)
+        bridge = RabbitBridge(settings, metrics, router)
+        router = bridge.router  # one codec and routing table for every connection
         try:
             await bridge.run(stop)
             return
         except RabbitMQUnavailable as exc:
-            if not (started or bridge.consuming):
-                raise
-            if bridge.consuming:
+            if bridge.consuming:  # it had started: wait the shortest again
                 started, delay = True, RECONNECT_FIRST_S
+            elif not started:  # unreachable at start-up
+                raise
             logger.warning("%s; reconnecting in %.0f s", exc, delay)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), delay)

@@ -23,7 +23,6 @@ from pathlib import Path
 import aio_pika
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from benchmarks.crash import audit
 from benchmarks.faults.network import TcpProxy
@@ -32,12 +31,12 @@ from eventide.tools.dlq import read_dead_letters, replay
 from schemas.codecs import CONTENT_TYPE_AVRO, CONTENT_TYPE_JSON, EventCodec
 from schemas.envelope import Envelope, new_event
 from streams.exceptions import BrokerError
-from streams.kafka_clients import aiokafka_options
 from streams.setting_types import SecretUrl
 from streams.settings import Settings
 from streams.topics import ensure_topics
 from tests.fixtures.broker import free_port
 from tests.fixtures.worker import ChildProcess, settings_env
+from tests.integration.api.conftest import read_topics
 
 pytestmark = pytest.mark.integration
 
@@ -248,26 +247,15 @@ def test_an_unreachable_rabbitmq_fails_at_start_up_naming_the_setting(make_setti
     assert "cannot reach RabbitMQ" in proc.stderr
 
 
-async def event_ids_in_kafka(
-    settings: Settings, topic: str, wanted: set[str], timeout: float
-) -> set[str]:
-    """The ids of the events in ``topic``, read from the start until every one of
-    ``wanted`` is there or ``timeout`` passed."""
-    codec = EventCodec()
-    consumer = AIOKafkaConsumer(
-        settings.topic(topic), **aiokafka_options(settings), auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    seen: set[str] = set()
-    try:
-        deadline = time.monotonic() + timeout
-        while not wanted <= seen and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=500)
-            for records in batch.values():
-                seen.update(codec.decode(r.value, r.headers).id for r in records)
-    finally:
-        await consumer.stop()
-    return seen
+def event_ids_in_kafka(settings: Settings, wanted: set[str], timeout: float) -> set[str]:
+    """The ids of the events on the user and order topics, read again until every
+    one of ``wanted`` is there or ``timeout`` passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = {e.id for e in asyncio.run(read_topics(settings))}
+        if wanted <= seen or time.monotonic() > deadline:
+            return seen
+        time.sleep(0.5)
 
 
 def test_the_bridge_reconnects_when_its_rabbitmq_connection_drops(rabbit_settings, start_bridge):
@@ -283,7 +271,7 @@ def test_the_bridge_reconnects_when_its_rabbitmq_connection_drops(rabbit_setting
         before, after = users[:100], users[100:]
         asyncio.run(publish(direct, as_messages(before)))
         ids = {e.id for e in before}
-        assert ids <= asyncio.run(event_ids_in_kafka(direct, "user-events", ids, 30))
+        assert ids <= event_ids_in_kafka(direct, ids, 30)
 
         proxy.set_mode("drop")  # the network drops: connection gone, new ones refused
         deadline = time.monotonic() + 30
@@ -296,7 +284,7 @@ def test_the_bridge_reconnects_when_its_rabbitmq_connection_drops(rabbit_setting
         proxy.set_mode("pass")
 
         ids = {e.id for e in users}
-        assert ids <= asyncio.run(event_ids_in_kafka(direct, "user-events", ids, 60))
+        assert ids <= event_ids_in_kafka(direct, ids, 60)
         assert bridge.proc.poll() is None, bridge.tail()  # still bridging
         log = bridge.output()
         assert "lost the connection to RabbitMQ" in log
